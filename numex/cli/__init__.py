@@ -1,0 +1,26 @@
+"""The ``numex`` command: a click group calling the same services as the web UI and API."""
+
+from __future__ import annotations
+
+import click
+
+from numex import __version__
+from numex.cli.common import NumexGroup
+
+
+@click.group(cls=NumexGroup)
+@click.version_option(__version__, prog_name="numex")
+def main() -> None:
+    """numex: carry model candidates from experiment through a parallel routine into
+    operations, with gates, sign-offs and an audit trail."""
+
+
+def _register() -> None:
+    from numex.cli import db, routine, serve
+
+    main.add_command(db.db)
+    main.add_command(serve.serve)
+    main.add_command(routine.routine)
+
+
+_register()

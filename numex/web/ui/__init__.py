@@ -1,0 +1,11 @@
+"""The HTML pages, one blueprint per area."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_ui(app: Flask) -> None:
+    from numex.web.ui import dashboard
+
+    app.register_blueprint(dashboard.bp)

@@ -1,0 +1,132 @@
+"""Shared fixtures: every test gets its own migrated database and MLflow store.
+
+The database is SQLite by default. Set ``NUMEX_TEST_POSTGRES_URL`` to a PostgreSQL
+server's URL (as ``scripts/test.sh`` does) and every test runs on a fresh database
+on that server instead, created from a migrated template.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, text
+
+from numex import schema
+from numex.config import load_settings
+from numex.services.runtime import Runtime
+
+POSTGRES_URL = os.environ.get("NUMEX_TEST_POSTGRES_URL")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _pg_admin_engine():
+    return create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def template_database(tmp_path_factory) -> str:
+    """A database migrated to head once per session; tests get copies of it."""
+    if POSTGRES_URL:
+        name = f"numex_tpl_{uuid.uuid4().hex[:8]}"
+        admin = _pg_admin_engine()
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+        schema.upgrade(url)
+        yield name
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    else:
+        path = tmp_path_factory.mktemp("template") / "numex.db"
+        schema.upgrade(f"sqlite:///{path}")
+        yield str(path)
+
+
+@pytest.fixture
+def database_url(template_database, tmp_path) -> str:
+    """A fresh database at head for this test."""
+    if POSTGRES_URL:
+        name = f"numex_t_{uuid.uuid4().hex[:10]}"
+        admin = _pg_admin_engine()
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
+        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    else:
+        path = tmp_path / "numex.db"
+        shutil.copy(template_database, path)
+        yield f"sqlite:///{path}"
+
+
+@pytest.fixture
+def empty_database_url(tmp_path) -> str:
+    """A database with no schema at all (for migration tests)."""
+    if POSTGRES_URL:
+        name = f"numex_e_{uuid.uuid4().hex[:10]}"
+        admin = _pg_admin_engine()
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    else:
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+
+
+@pytest.fixture
+def settings(tmp_path, database_url, monkeypatch):
+    """Settings for one test: its own home, database and MLflow store."""
+    home = tmp_path / "var"
+    home.mkdir()
+    monkeypatch.setenv("NUMEX_HOME", str(home))
+    monkeypatch.setenv("NUMEX_DATABASE_URL", database_url)
+    monkeypatch.setenv("NUMEX_SECRET_KEY", "test-secret")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
+    monkeypatch.setenv("NUMEX_MLFLOW_ARTIFACT_ROOT", (home / "mlartifacts").as_uri())
+    monkeypatch.setenv("NUMEX_EXPERIMENTS_DIR", str(REPO / "experiments"))
+    return load_settings()
+
+
+@pytest.fixture
+def rt(settings):
+    runtime = Runtime(settings)
+    yield runtime
+    runtime.close()
+
+
+@pytest.fixture
+def app(settings):
+    from numex.web import create_app
+
+    app = create_app({"TESTING": True}, settings=settings)
+    yield app
+    app.extensions["numex"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(settings):
+    """Invoke the ``numex`` CLI against this test's database and stores."""
+    from numex.cli import main
+
+    class Runner:
+        def __init__(self) -> None:
+            self.cli = CliRunner()
+
+        def invoke(self, *args: str, **kwargs):
+            return self.cli.invoke(main, list(args), catch_exceptions=False, **kwargs)
+
+    return Runner()
