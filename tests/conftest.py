@@ -12,6 +12,9 @@ import shutil
 import uuid
 from pathlib import Path
 
+# Cheap password hashing for tests (set before numex.services.users is imported).
+os.environ.setdefault("NUMEX_PASSWORD_HASH_METHOD", "pbkdf2:sha256:1000")
+
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
@@ -130,3 +133,77 @@ def runner(settings):
             return self.cli.invoke(main, list(args), catch_exceptions=False, **kwargs)
 
     return Runner()
+
+
+#: The people of the standard test cast: user name → roles. Password: "<name>-password".
+CAST = {
+    "sam": ["scientist"],
+    "sara": ["scientist"],
+    "rita": ["reviewer"],
+    "remy": ["reviewer"],
+    "olga": ["ops"],
+    "adam": ["admin"],
+    "vic": ["viewer"],
+}
+
+
+def password_of(username: str) -> str:
+    return f"{username}-password"
+
+
+@pytest.fixture
+def cast(rt):
+    """The standard cast of users, created in this test's database."""
+    from numex.services import users
+    from numex.services.runtime import Actor
+
+    for username, roles in CAST.items():
+        users.add_user(rt, username, roles, Actor.system("test"), password=password_of(username))
+    return CAST
+
+
+class AuthActions:
+    """Signs a test client in and out through the real login form (CSRF included)."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def csrf_token(self, path: str = "/login") -> str:
+        import re
+
+        page = self.client.get(path).text
+        match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page) or re.search(
+            r'name="csrf_token" value="([^"]+)"', page
+        )
+        assert match, f"no CSRF token on {path}"
+        return match.group(1)
+
+    def login(self, username: str, password: str | None = None):
+        return self.client.post(
+            "/login",
+            data={
+                "username": username,
+                "password": password or password_of(username),
+                "csrf_token": self.csrf_token(),
+            },
+        )
+
+    def logout(self):
+        return self.client.post("/logout", data={"csrf_token": self.csrf_token("/")})
+
+
+@pytest.fixture
+def auth(client, cast):
+    return AuthActions(client)
+
+
+@pytest.fixture
+def token_for(rt, cast):
+    """token_for("rita") → a fresh API token for that cast member."""
+    from numex.services import users
+    from numex.services.runtime import Actor
+
+    def make(username: str) -> str:
+        return users.create_token(rt, username, Actor.system("test")).token
+
+    return make

@@ -16,11 +16,12 @@ def main() -> None:
 
 
 def _register() -> None:
-    from numex.cli import db, routine, serve
+    from numex.cli import db, routine, serve, user
 
     main.add_command(db.db)
     main.add_command(serve.serve)
     main.add_command(routine.routine)
+    main.add_command(user.user)
 
 
 _register()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from typing import Any
 import click
 
 from numex.services.errors import NumexError
-from numex.services.runtime import Runtime
+from numex.services.runtime import Actor, Runtime
 
 
 class NumexGroup(click.Group):
@@ -42,6 +43,27 @@ def get_runtime(ctx: click.Context | None = None) -> Runtime:
         root.meta["numex.runtime"] = rt
         root.call_on_close(rt.close)
     return rt
+
+
+def admin_actor() -> Actor:
+    """The actor for administration commands, where database access is the credential."""
+    return Actor.system(f"cli:{getpass.getuser()}")
+
+
+def token_option(command: Callable) -> Callable:
+    """``--token`` (or NUMEX_TOKEN): who acts, for commands that act for a person."""
+    return click.option(
+        "--token",
+        envvar="NUMEX_TOKEN",
+        help="Your API token (or set NUMEX_TOKEN). Create one with `numex user token`.",
+    )(command)
+
+
+def token_actor(token: str | None) -> Actor:
+    """The person a token stands for; a clear error when it is missing or unknown."""
+    from numex.services import users
+
+    return users.actor_for_token(get_runtime(), token)
 
 
 def _default(value: Any) -> Any:

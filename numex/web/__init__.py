@@ -48,10 +48,11 @@ def create_app(config: Mapping[str, Any] | None = None, settings: Settings | Non
     bootstrap.init_app(app)
     csrf.init_app(app)
 
-    from numex.web import errors, vendor
+    from numex.web import auth, errors, vendor
     from numex.web.api import api
     from numex.web.ui import register_ui
 
+    auth.init_app(app)
     register_ui(app)
     app.register_blueprint(vendor.bp)
     app.register_blueprint(api, url_prefix="/api/v1")
