@@ -1,0 +1,2 @@
+-- numex's and MLflow's databases are kept separate.
+CREATE DATABASE mlflow OWNER numex;
