@@ -16,12 +16,13 @@ def main() -> None:
 
 
 def _register() -> None:
-    from numex.cli import db, routine, serve, user
+    from numex.cli import audit, db, routine, serve, user
 
     main.add_command(db.db)
     main.add_command(serve.serve)
     main.add_command(routine.routine)
     main.add_command(user.user)
+    main.add_command(audit.audit_, name="audit")
 
 
 _register()

@@ -58,12 +58,12 @@ class Runtime:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
-        """A read-only session (rolled back at the end)."""
+        """A session for reading; closing it ends the transaction and detaches (without
+        expiring) what was loaded, so results stay usable after the block."""
         session = self.sessions()
         try:
             yield session
         finally:
-            session.rollback()
             session.close()
 
     @property

@@ -6,6 +6,7 @@ from flask import Flask
 
 
 def register_ui(app: Flask) -> None:
-    from numex.web.ui import dashboard
+    from numex.web.ui import audit, dashboard
 
     app.register_blueprint(dashboard.bp)
+    app.register_blueprint(audit.bp)
