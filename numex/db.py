@@ -285,6 +285,9 @@ class CandidateCycleResult(Base):
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # Failed attempts in this cycle. A re-run may recover a failed candidate (status
+    # becomes ok), but the failure it had still counts in its failure rate.
+    failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
 
 
 class Case(Base):
