@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from numex.scoring.metrics import METRICS
+from numex.scoring.metrics import ALIASES, METRICS, get_metric
 from numex.scoring.scorecard import OVERALL, Cell, Scorecard
 from numex.scoring.significance import sidak_level, t_quantile
 
@@ -208,7 +208,7 @@ def _level_errors(params: Mapping[str, Any], where: str) -> list[str]:
 
 
 def _metric_errors(metric: Any, where: str) -> list[str]:
-    if metric not in METRICS:
+    if not isinstance(metric, str) or (metric not in METRICS and metric not in ALIASES):
         return [f"{where}: unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}"]
     return []
 
@@ -275,7 +275,7 @@ def _inspected_cells(check: Check, scorecard: Scorecard) -> list[Cell]:
         metrics, overall_only = check.params["metrics"], False
     cells = []
     for metric in metrics:
-        if metric not in scorecard.metrics:
+        if not scorecard.has_metric(metric):
             continue
         candidates = (
             [scorecard.cell(metric, OVERALL)] if overall_only else scorecard.cells_of(metric)
@@ -356,7 +356,7 @@ def _significant_improvement(
     thresholds = {"level": level, "family_size": family, "per_cell_level": adjusted}
     thresholds["max_p_value"] = 1.0 - adjusted
     scorecard = evidence.scorecard
-    if scorecard is None or metric not in scorecard.metrics:
+    if scorecard is None or not scorecard.has_metric(metric):
         what = "no scorecard" if scorecard is None else f"the scorecard has no {metric}"
         return CheckResult(name, False, params, {}, thresholds, f"{what}: cannot show improvement")
     cell = scorecard.cell(metric, OVERALL)
@@ -396,7 +396,7 @@ def _no_significant_degradation(
     scorecard = evidence.scorecard
     if scorecard is None:
         return CheckResult(name, False, params, {}, thresholds, "no scorecard: cannot check")
-    absent = [metric for metric in metrics if metric not in scorecard.metrics]
+    absent = [metric for metric in metrics if not scorecard.has_metric(metric)]
     if absent:
         message = f"the scorecard has no {', '.join(absent)}: cannot check for degradation"
         return CheckResult(name, False, params, {"absent_metrics": absent}, thresholds, message)
@@ -430,7 +430,7 @@ def _no_significant_degradation(
 
 def _offline_not_worse(params: dict[str, Any], evidence: GateEvidence, family: int) -> CheckResult:
     name, metric = "offline_not_worse", params["metric"]
-    higher_is_better = METRICS[metric].higher_is_better
+    higher_is_better = get_metric(metric).higher_is_better
     thresholds = {"higher_is_better": higher_is_better}
     if evidence.offline_reference is None:
         observed = {"candidate": _offline(evidence.offline_candidate, metric), "reference": None}
@@ -454,9 +454,15 @@ def _offline_not_worse(params: dict[str, Any], evidence: GateEvidence, family: i
 
 
 def _offline(scores: Mapping[str, float] | None, metric: str) -> float | None:
-    if not scores or metric not in scores or scores[metric] is None:
+    """The offline score of ``metric``, under its own name or any alias of it."""
+    if not scores:
         return None
-    value = float(scores[metric])
+    canonical = get_metric(metric).name
+    names = [metric, canonical] + [alias for alias, name in ALIASES.items() if name == canonical]
+    value = next((scores[name] for name in names if scores.get(name) is not None), None)
+    if value is None or isinstance(value, bool):
+        return None
+    value = float(value)
     return value if math.isfinite(value) else None
 
 

@@ -26,7 +26,7 @@ rmse       ``√(Σe² / N)``               ``Σ_t e² / n_t`` (the MSE)      sm
 sde        ``√(Σ(e − ē)² / N)``         ``Σ_t (e − ē)² / n_t``          smaller
 msess      ``1 − MSE_C / MSE_R``        ``Σ_t e² / n_t`` (the MSE)      larger
 brier      ``Σ(p − o)² / N``            ``Σ_t (p − o)² / n_t``          smaller
-logloss    ``−Σ log p̃ / N``             ``−Σ_t log p̃ / n_t``            smaller
+log_loss   ``−Σ log p̃ / N``             ``−Σ_t log p̃ / n_t``            smaller
 accuracy   ``Σ[ŷ = o] / N``             ``Σ_t [ŷ = o] / n_t``           larger
 =========  ===========================  ==============================  ==================
 
@@ -263,19 +263,28 @@ METRICS: dict[str, Metric] = {
             percent=None,
         ),
         _mean_metric("brier", "Brier score", "sq_error", kind="binary"),
-        _mean_metric("logloss", "Log loss", "log_loss", kind="binary"),
+        _mean_metric("log_loss", "Log loss", "log_loss", kind="binary"),
         _mean_metric("accuracy", "Accuracy", "correct", kind="binary", higher_is_better=True),
     )
 }
 
 
+#: Other spellings accepted for a metric name.
+ALIASES: dict[str, str] = {"logloss": "log_loss"}
+
+
 def get_metric(name: str) -> Metric:
-    """The metric called ``name``; ValueError naming the valid names otherwise."""
+    """The metric called ``name`` (or an alias); ValueError naming the valid names otherwise."""
     try:
-        return METRICS[name]
+        return METRICS[ALIASES.get(name, name)]
     except (KeyError, TypeError):
         valid = ", ".join(METRICS)
         raise ValueError(f"unknown metric {name!r}; valid metrics: {valid}") from None
+
+
+def canonical_name(name: str) -> str:
+    """The registry name of metric ``name`` (aliases resolved; unknown names unchanged)."""
+    return ALIASES.get(name, name) if isinstance(name, str) else name
 
 
 def check_observations(metric: Metric, forecast: FloatArray, observation: FloatArray) -> None:

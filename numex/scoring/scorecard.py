@@ -33,7 +33,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from numex.scoring.metrics import QUANTITIES, Metric, check_observations, get_metric
+from numex.scoring.metrics import (
+    QUANTITIES,
+    Metric,
+    canonical_name,
+    check_observations,
+    get_metric,
+)
 from numex.scoring.significance import (
     DEFAULT_LEVELS,
     DEFAULT_METHOD,
@@ -226,8 +232,13 @@ class Scorecard:
     def primary_metric(self) -> str:
         return self.metrics[0]
 
+    def has_metric(self, metric: str) -> bool:
+        """Whether the grid has ``metric`` (aliases such as ``logloss`` count)."""
+        return canonical_name(metric) in self.metrics
+
     def cell(self, metric: str, column: str = OVERALL) -> Cell:
         """The cell of ``metric`` in grid column ``column`` (e.g. ``"lead=1"``)."""
+        metric = canonical_name(metric)
         for cell in self.cells:
             if cell.metric == metric and cell.column == column:
                 return cell
@@ -238,9 +249,12 @@ class Scorecard:
 
     def cells_of(self, metric: str) -> tuple[Cell, ...]:
         """Every cell of ``metric``, overall first."""
+        metric = canonical_name(metric)
         return tuple(cell for cell in self.cells if cell.metric == metric)
 
     def cycle_series(self, metric: str) -> CycleSeries:
+        """The per-cycle values of ``metric`` over the overall cell."""
+        metric = canonical_name(metric)
         for series in self.series:
             if series.metric == metric:
                 return series
