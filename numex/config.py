@@ -51,6 +51,8 @@ class Settings:
     shadow_queue_size: int = 1000
     shadow_workers: int = 1
     candidate_timeout_s: float = 60.0
+    #: A cycle claimed longer ago than this is taken to be abandoned and may be run again.
+    cycle_lock_timeout_s: float = 900.0
     extra: dict = field(default_factory=dict)
 
 
@@ -72,6 +74,7 @@ def load_settings(**overrides) -> Settings:
         shadow_queue_size=int(os.environ.get("NUMEX_SHADOW_QUEUE_SIZE", "1000")),
         shadow_workers=int(os.environ.get("NUMEX_SHADOW_WORKERS", "1")),
         candidate_timeout_s=float(os.environ.get("NUMEX_CANDIDATE_TIMEOUT", "60")),
+        cycle_lock_timeout_s=float(os.environ.get("NUMEX_CYCLE_LOCK_TIMEOUT", "900")),
     )
     for key, value in overrides.items():
         if not hasattr(settings, key):
