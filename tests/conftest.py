@@ -85,14 +85,28 @@ def empty_database_url(tmp_path) -> str:
         yield f"sqlite:///{tmp_path / 'empty.db'}"
 
 
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store migrated once per session (MLflow runs its own
+    migrations on a new store, which takes seconds); tests get copies of it."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    path = folder / "mlflow.db"
+    store = SqlAlchemyStore(f"sqlite:///{path}", (folder / "artifacts").as_uri())
+    store.engine.dispose()
+    return path
+
+
 @pytest.fixture
-def settings(tmp_path, database_url, monkeypatch):
+def settings(tmp_path, database_url, monkeypatch, mlflow_template):
     """Settings for one test: its own home, database and MLflow store."""
     home = tmp_path / "var"
     home.mkdir()
     monkeypatch.setenv("NUMEX_HOME", str(home))
     monkeypatch.setenv("NUMEX_DATABASE_URL", database_url)
     monkeypatch.setenv("NUMEX_SECRET_KEY", "test-secret")
+    shutil.copy(mlflow_template, home / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{home / 'mlflow.db'}")
     monkeypatch.setenv("NUMEX_MLFLOW_ARTIFACT_ROOT", (home / "mlartifacts").as_uri())
     monkeypatch.setenv("NUMEX_EXPERIMENTS_DIR", str(REPO / "experiments"))
