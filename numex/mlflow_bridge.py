@@ -20,7 +20,9 @@ import contextlib
 import functools
 import importlib.metadata
 import logging
+import os
 import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -49,6 +51,7 @@ TAG_GIT_COMMIT = "mlflow.source.git.commit"
 #: Packages every numex-logged model needs at load time, whatever the estimator.
 BASE_REQUIREMENTS = ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "cloudpickle")
 
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 _configure_lock = threading.Lock()
 _configured: tuple[str, str] | None = None
 
@@ -69,8 +72,18 @@ def configure(settings: Settings) -> None:
     import mlflow
 
     with _configure_lock:
-        mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
-        mlflow.set_registry_uri(settings.mlflow_registry_uri)
+        # MLflow also exports both URIs to os.environ (for its subprocesses); numex's
+        # settings are read from there, so put the environment back as it was.
+        saved = {name: os.environ.get(name) for name in _URI_VARIABLES}
+        try:
+            mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+            mlflow.set_registry_uri(settings.mlflow_registry_uri)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
         _configured = wanted
 
 
@@ -292,7 +305,9 @@ def log_training_run(
     configure(settings)
     experiment_id = ensure_experiment(settings, experiment_name)
     mlflow_client = client(settings)
-    with _quiet_mlflow():
+    with _quiet_mlflow(), warnings.catch_warnings():
+        # Integer columns are declared as doubles below; MLflow's hint about them is moot.
+        warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
         run = mlflow_client.create_run(
             experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
         )
