@@ -598,6 +598,7 @@ def build_scorecard(
         for label in labels
     )
 
+    cycle_labels = [_json_value(value) for value in cycle_values]
     cells: list[Cell] = []
     series: list[CycleSeries] = []
     for metric in chosen:
@@ -626,7 +627,7 @@ def build_scorecard(
                 )
                 cells.append(cell)
                 if segment is None:
-                    series.append(_series(metric, cycle_values, present, n, values, cell))
+                    series.append(_series(metric, cycle_labels, present, n, values, cell))
 
     family_size = sum(cell.assessed for cell in cells)
     family = Family(
@@ -766,7 +767,7 @@ def _cell(
 
 def _series(
     metric: Metric,
-    cycle_values: list[Any],
+    cycle_labels: list[Any],
     present: np.ndarray,
     n: np.ndarray,
     values: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
@@ -777,7 +778,7 @@ def _series(
     per_cycle_c, per_cycle_r, difference = values
     return CycleSeries(
         metric=metric.name,
-        cycles=tuple(_json_value(cycle_values[i]) for i in present),
+        cycles=tuple(cycle_labels[i] for i in present),
         n_cases=tuple(int(x) for x in n),
         candidate=tuple(per_cycle_c.tolist()),
         reference=tuple(per_cycle_r.tolist()),
