@@ -23,6 +23,7 @@ import json
 import math
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -930,6 +931,9 @@ def _pickle_by_value(module: ModuleType) -> None:
         cloudpickle.register_pickle_by_value(module)
 
 
+_IMPORT_LOCK = threading.Lock()
+
+
 def _import_from_folder(folder: Path, module: str) -> ModuleType | None:
     """Import ``module`` from a routine's folder under a name unique to that file, or None."""
     file = folder.joinpath(*module.split(".")).with_suffix(".py")
@@ -938,17 +942,19 @@ def _import_from_folder(folder: Path, module: str) -> ModuleType | None:
     stat = file.stat()
     tag = hashlib.sha256(f"{file.resolve()}|{stat.st_mtime_ns}|{stat.st_size}".encode())
     name = f"_numex_routine_{tag.hexdigest()[:16]}_{module.replace('.', '_')}"
-    if name in sys.modules:
-        return sys.modules[name]
-    loader_spec = importlib.util.spec_from_file_location(name, file)
-    loaded = importlib.util.module_from_spec(loader_spec)
-    sys.modules[name] = loaded
-    try:
-        loader_spec.loader.exec_module(loaded)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    _pickle_by_value(loaded)
+    # Serialised so that no thread sees a module another thread is still executing.
+    with _IMPORT_LOCK:
+        if name in sys.modules:
+            return sys.modules[name]
+        loader_spec = importlib.util.spec_from_file_location(name, file)
+        loaded = importlib.util.module_from_spec(loader_spec)
+        sys.modules[name] = loaded
+        try:
+            loader_spec.loader.exec_module(loaded)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        _pickle_by_value(loaded)
     return loaded
 
 
