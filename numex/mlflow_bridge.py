@@ -20,6 +20,7 @@ import contextlib
 import functools
 import importlib.metadata
 import logging
+import math
 import os
 import threading
 import warnings
@@ -306,7 +307,8 @@ def log_training_run(
     experiment_id = ensure_experiment(settings, experiment_name)
     mlflow_client = client(settings)
     with _quiet_mlflow(), warnings.catch_warnings():
-        # Integer columns are declared as doubles below; MLflow's hint about them is moot.
+        # MLflow hints that integer columns cannot hold missing values; numex's cases have
+        # every feature present (rows without are not forecast), so the hint is noise.
         warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
         run = mlflow_client.create_run(
             experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
@@ -338,7 +340,7 @@ def log_training_run(
                 )
                 inputs.append(_dataset_input(dataset, context=data.context))
             mlflow_client.log_inputs(run_id, datasets=inputs)
-            signature = infer_signature(_as_doubles(signature_input), signature_output)
+            signature = infer_signature(signature_input, signature_output)
             with mlflow.start_run(run_id=run_id):
                 info = mlflow.sklearn.log_model(
                     model,
@@ -357,13 +359,6 @@ def log_training_run(
         model_uri=info.model_uri,
         model_id=getattr(info, "model_id", None),
     )
-
-
-def _as_doubles(frame: pd.DataFrame) -> pd.DataFrame:
-    """Integer columns declared as doubles: a missing value arrives as a float, and an
-    integer column in the signature would then refuse the whole input."""
-    ints = [c for c in frame.columns if frame[c].dtype.kind in "iu"]
-    return frame.astype(dict.fromkeys(ints, "float64")) if ints else frame
 
 
 def _dataset_input(dataset: Any, context: str) -> Any:
@@ -628,11 +623,16 @@ def set_alias(settings: Settings, name: str, alias: str, version: str) -> None:
 
 
 def delete_alias(settings: Settings, name: str, alias: str) -> None:
-    """Remove ``alias`` from the registered model ``name`` (no error when absent)."""
+    """Remove ``alias`` from the registered model ``name`` (no error when the alias or the
+    model is absent; an unreachable registry still raises, so a sync never mistakes an
+    outage for success)."""
     from mlflow.exceptions import MlflowException
 
-    with contextlib.suppress(MlflowException):
+    try:
         client(settings).delete_registered_model_alias(name, alias)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
 
 
 def get_alias(settings: Settings, name: str, alias: str) -> str | None:
@@ -648,6 +648,57 @@ def get_alias(settings: Settings, name: str, alias: str) -> str | None:
 def set_version_tag(settings: Settings, name: str, version: str, key: str, value: str) -> None:
     """Set a tag on one registered model version."""
     client(settings).set_model_version_tag(name, str(version), key, str(value))
+
+
+_fail_fast_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def fail_fast(timeout_s: float) -> Iterator[None]:
+    """MLflow HTTP calls made inside give up after one attempt of at most ``timeout_s``
+    seconds instead of MLflow's default retries with backoff (minutes against a stopped
+    server). Used by registry sync so an outage is reported at once.
+
+    MLflow reads these settings from the environment on every request, so this is
+    process-wide for its duration: other threads' MLflow calls meanwhile fail fast too.
+    """
+    wanted = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(timeout_s))),
+    }
+    with _fail_fast_lock:
+        saved = {name: os.environ.get(name) for name in wanted}
+        os.environ.update(wanted)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+def ping_registry(settings: Settings, timeout_s: float) -> None:
+    """Raise MlflowBridgeError unless the registry answers within ``timeout_s``.
+
+    Only a tracking server is probed (its ``/health`` endpoint, without importing
+    mlflow); a local store is always there.
+    """
+    uri = settings.mlflow_registry_uri
+    if uri.split(":", 1)[0] not in ("http", "https"):
+        return
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            if response.status != 200:
+                raise MlflowBridgeError(f"MLflow at {uri} is unhealthy: HTTP {response.status}")
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise MlflowBridgeError(f"MLflow at {uri} is unreachable: {reason}") from error
 
 
 def run_url(settings: Settings, experiment_id: str | None, run_id: str | None) -> str | None:
