@@ -180,7 +180,8 @@ def main() -> None:
     ]
     machine = (
         f"{platform.python_implementation()} {platform.python_version()}, numpy {np.__version__}, "
-        f"pandas {pd.__version__}, {os.cpu_count()} CPUs ({platform.machine()})"
+        f"pandas {pd.__version__}, {os.cpu_count()} CPUs ({platform.machine()}), "
+        f"load average {os.getloadavg()[0]:.1f} at the end of the run"
     )
     print("\n".join(lines))
     print(f"machine: {machine}")

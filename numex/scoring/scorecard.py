@@ -443,7 +443,7 @@ class _Grouping:
             groups = t * math.prod(self.sizes)
             total = np.bincount(self.codes[0], weights, minlength=groups)
             total = total.reshape(t, *self.sizes)
-            axes = [total.reshape(t, -1).sum(axis=1)[:, None]]
+            axes = [total.reshape(t, math.prod(self.sizes)).sum(axis=1)[:, None]]
             every = set(range(1, len(self.sizes) + 1))
             for j in range(1, len(self.sizes) + 1):
                 axes.append(total.sum(axis=tuple(sorted(every - {j}))) if len(every) > 1 else total)
@@ -536,7 +536,7 @@ def build_scorecard(
     ``h``); cells whose effective sample size is below ``floor`` get no
     verdict; ``levels`` are the confidence levels of the intervals and symbols.
     """
-    segments = tuple(segments)
+    segments = (segments,) if isinstance(segments, str) else tuple(segments)
     chosen = _validate(pairs, metrics, segments, floor, meta)
     check_method(method)
     levels = check_levels(levels)

@@ -368,3 +368,23 @@ def test_cases_without_a_cycle_are_refused(pairs):
 def test_binary_metrics_refuse_continuous_observations(pairs):
     with pytest.raises(ValueError, match="brier"):
         build_scorecard(pairs, ["brier"])
+
+
+def test_no_pairs_give_an_empty_grid_without_verdicts():
+    empty = pd.DataFrame(
+        {"cycle": [], "candidate": [], "reference": [], "observation": [], "lead": []}
+    )
+    card = build_scorecard(empty, ["rmse", "bias"], ["lead"])
+    assert card.n_cases == card.n_cycles == card.family.size == 0
+    assert [cell.symbol for cell in card.cells] == ["", ""]
+    assert card.cycle_series("rmse").cycles == ()
+    assert Scorecard.from_dict(json.loads(card.to_canonical_json())).digest() == card.digest()
+
+
+def test_a_single_cycle_gives_scores_but_no_test():
+    one = pd.DataFrame(
+        {"cycle": [1, 1], "candidate": [1.0, 2.0], "reference": [1.5, 2.5], "observation": 1.0}
+    )
+    cell = build_scorecard(one, ["mae"]).cell("mae")
+    assert (cell.candidate_score, cell.reference_score, cell.change_percent) == (0.5, 1.0, -50.0)
+    assert cell.p_value is None and cell.symbol == "" and cell.direction == "better"
