@@ -16,13 +16,25 @@ def main() -> None:
 
 
 def _register() -> None:
-    from numex.cli import audit, db, routine, serve, user
+    from numex.cli import audit, candidate, db, demo, experiment, routine, serve, user
 
     main.add_command(db.db)
     main.add_command(serve.serve)
     main.add_command(routine.routine)
     main.add_command(user.user)
     main.add_command(audit.audit_, name="audit")
+    main.add_command(experiment.experiment)
+    main.add_command(candidate.candidate)
+    main.add_command(demo.demo)
+    from numex.cli import promote
+
+    main.add_command(promote.promote)
+    main.add_command(promote.signoff)
+    main.add_command(promote.rollback)
+
+    from numex.cli import registry
+
+    main.add_command(registry.registry)
 
 
 _register()
