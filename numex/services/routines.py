@@ -100,3 +100,50 @@ def _cycle_brief(cycle: Cycle) -> dict[str, Any]:
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+def detail(rt: Runtime, name: str) -> dict[str, Any]:
+    """One routine for its page: candidates in stage lanes (newest first), every recorded
+    definition version, and the current definition."""
+    from numex.lifecycle import STAGES
+
+    with rt.read() as session:
+        routine = get_routine(session, name)
+        current = routine.current
+        primary = (current.definition.get("metrics") or [None])[0]
+        candidates = session.scalars(
+            select(Candidate)
+            .where(Candidate.routine_id == routine.id)
+            .order_by(Candidate.id.desc())
+        ).all()
+        lanes: dict[str, list[dict[str, Any]]] = {stage: [] for stage in STAGES}
+        for candidate in candidates:
+            overall = (candidate.offline_scores or {}).get("overall", {})
+            lanes[candidate.stage].append(
+                {
+                    **_candidate_brief(candidate),
+                    "source": candidate.source,
+                    "author": candidate.author,
+                    "created_at": _iso(candidate.created_at),
+                    "offline": overall.get(primary) if primary else None,
+                }
+            )
+        return {
+            "name": routine.name,
+            "title": routine.title,
+            "registered_model_name": routine.registered_model_name,
+            "source_dir": routine.source_dir,
+            "version": current.version,
+            "primary_metric": primary,
+            "definition": current.definition,
+            "lanes": lanes,
+            "versions": [
+                {
+                    "version": v.version,
+                    "digest": v.digest,
+                    "created_at": _iso(v.created_at),
+                    "created_by": v.created_by,
+                }
+                for v in reversed(routine.versions)
+            ],
+        }

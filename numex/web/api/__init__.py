@@ -13,3 +13,7 @@ api = Blueprint("api", __name__)
 @api.get("/routines")
 def list_routines():
     return jsonify(routines=[r.to_dict() for r in routines.overview(runtime())])
+
+
+# Routes of other areas register themselves on the blueprint.
+from numex.web.api import candidates  # noqa: E402, F401

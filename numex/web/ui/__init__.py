@@ -9,4 +9,9 @@ def register_ui(app: Flask) -> None:
     from numex.web.ui import audit, dashboard
 
     app.register_blueprint(dashboard.bp)
+
+    from numex.web.ui import candidates, routines
+
+    app.register_blueprint(candidates.bp)
+    app.register_blueprint(routines.bp)
     app.register_blueprint(audit.bp)
