@@ -36,5 +36,11 @@ def _register() -> None:
 
     main.add_command(registry.registry)
 
+    from numex.cli import cycle
+
+    main.add_command(cycle.cycle)
+    main.add_command(cycle.scheduler)
+    main.add_command(cycle.observations)
+
 
 _register()

@@ -385,10 +385,11 @@ class ObservationReport:
     unknown_keys: list[str] = field(default_factory=list)
     corrections: list[dict[str, Any]] = field(default_factory=list)
     case_ids: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
+    #: Aligned with the keys given: whether that observation is new or corrected.
+    changed: np.ndarray = field(default_factory=lambda: np.array([], dtype=bool))
 
     def to_dict(self) -> dict[str, Any]:
-        data = {k: v for k, v in self.__dict__.items() if k != "case_ids"}
-        return data
+        return {k: v for k, v in self.__dict__.items() if k not in ("case_ids", "changed")}
 
 
 def store_observations(
@@ -414,7 +415,7 @@ def store_observations(
     """
     keys = np.asarray(keys, dtype=object)
     values = np.asarray(values, dtype=float)
-    report = ObservationReport(received=len(keys))
+    report = ObservationReport(received=len(keys), changed=np.zeros(len(keys), dtype=bool))
     if len(keys) == 0:
         return report
     if case_ids is None:
@@ -452,6 +453,8 @@ def store_observations(
         else:
             report.conflicts = int(differ.sum())
     report.case_ids = changed_ids
+    changed = new | (differ if correct else np.zeros(len(new), dtype=bool))
+    report.changed[np.flatnonzero(known)[changed]] = True
     return report
 
 
