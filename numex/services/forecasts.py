@@ -875,3 +875,60 @@ def list_forecasts(
         page=page,
         per_page=per_page,
     )
+
+
+def forecast_page(
+    rt,
+    routine: str,
+    *,
+    candidate: str | int | None = None,
+    cycle: str | int | None = None,
+    page: int = 1,
+    per_page: int = 100,
+) -> ForecastPage:
+    """:func:`list_forecasts` for a routine by name, with ``candidate`` (a name or id) and
+    ``cycle`` (an id or a time inside its window); NotFound names what exists."""
+    from numex.services.cycles import find_cycle
+    from numex.services.routines import get_routine
+
+    if page < 1 or not 1 <= per_page <= MAX_PER_PAGE:
+        raise InvalidInput(f"page must be ≥ 1 and per_page between 1 and {MAX_PER_PAGE}")
+    with rt.read() as session:
+        found = get_routine(session, routine)
+        candidate_id = None
+        if candidate not in (None, ""):
+            candidate_id = _candidate_id(session, found, candidate)
+        cycle_id = find_cycle(session, found, cycle).id if cycle not in (None, "") else None
+        return list_forecasts(
+            session,
+            found,
+            candidate_id=candidate_id,
+            cycle_id=cycle_id,
+            page=page,
+            per_page=per_page,
+        )
+
+
+#: Largest page the forecast and cycle listings serve.
+MAX_PER_PAGE = 1000
+
+
+def _candidate_id(session: Session, routine: Routine, reference: str | int) -> int:
+    from numex.services.errors import NotFound
+
+    text = str(reference).strip().lstrip("#")
+    query = select(Candidate.id).where(Candidate.routine_id == routine.id)
+    found = session.scalar(
+        query.where(Candidate.id == int(text))
+        if text.isdigit()
+        else query.where(Candidate.name == text)
+    )
+    if found is None:
+        names = session.scalars(
+            select(Candidate.name).where(Candidate.routine_id == routine.id).order_by(Candidate.id)
+        ).all()
+        raise NotFound(
+            f"routine {routine.name} has no candidate {reference!r}; its candidates: "
+            f"{', '.join(names) or 'none yet'}"
+        )
+    return found
