@@ -1331,3 +1331,70 @@ def candidate_failure_summary(session: Session, routine: Routine) -> list[dict[s
         }
         for cid, name, stage, attempts, failures in rows
     ]
+
+
+def routine_section(
+    rt: Runtime, routine: str, *, recent: int = 15, chart_cycles: int = 2000
+) -> dict[str, Any]:
+    """What the routine page shows about its cycles: counts by status, the latest cycles,
+    each candidate's failure rate, and per-cycle scores (RMSE, MAE, bias) of every
+    candidate for the chart (the latest ``chart_cycles`` cycles)."""
+    with rt.read() as session:
+        found = get_routine(session, routine)
+        by_status = dict(
+            session.execute(
+                select(Cycle.status, func.count())
+                .where(Cycle.routine_id == found.id)
+                .group_by(Cycle.status)
+            ).all()
+        )
+        failures = candidate_failure_summary(session, found)
+        newest = session.scalars(
+            select(Cycle.window_start)
+            .where(Cycle.routine_id == found.id)
+            .order_by(Cycle.window_start.desc())
+            .offset(chart_cycles - 1)
+            .limit(1)
+        ).first()
+        scores = forecasts.cycle_scores(session, found, start=newest)
+        names = dict(
+            session.execute(
+                select(Candidate.id, Candidate.name).where(Candidate.routine_id == found.id)
+            ).all()
+        )
+        stages = dict(
+            session.execute(
+                select(Candidate.id, Candidate.stage).where(Candidate.routine_id == found.id)
+            ).all()
+        )
+    series = []
+    for candidate_id, part in scores.groupby("candidate_id", sort=True):
+        series.append(
+            {
+                "candidate_id": int(candidate_id),
+                "candidate": names.get(int(candidate_id), f"#{candidate_id}"),
+                "stage": stages.get(int(candidate_id)),
+                "cycles": [t.isoformat() for t in pd.to_datetime(part["window_start"])],
+                "n": part["n"].astype(int).tolist(),
+                "rmse": [_finite(v) for v in part["rmse"]],
+                "mae": [_finite(v) for v in part["mae"]],
+                "bias": [_finite(v) for v in part["bias"]],
+            }
+        )
+    series.sort(key=lambda s: (s["stage"] != "operational", s["candidate_id"]))
+    return {
+        "routine": routine,
+        "total": sum(by_status.values()),
+        "by_status": {status: by_status.get(status, 0) for status in _STATUS_ORDER},
+        "recent": list_cycles(rt, routine, per_page=recent).cycles,
+        "failures": failures,
+        "chart": series,
+    }
+
+
+_STATUS_ORDER = ("verified", "forecast", "failed", "running", "pending")
+
+
+def _finite(value: Any) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None

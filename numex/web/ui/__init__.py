@@ -15,3 +15,7 @@ def register_ui(app: Flask) -> None:
     app.register_blueprint(candidates.bp)
     app.register_blueprint(routines.bp)
     app.register_blueprint(audit.bp)
+
+    from numex.web.ui import cycles
+
+    app.register_blueprint(cycles.bp)
