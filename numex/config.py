@@ -53,6 +53,10 @@ class Settings:
     candidate_timeout_s: float = 60.0
     #: A cycle claimed longer ago than this is taken to be abandoned and may be run again.
     cycle_lock_timeout_s: float = 900.0
+    #: Seconds one MLflow registry call may take during ``numex registry sync``.
+    registry_timeout_s: float = 5.0
+    #: Web processes deliver registry changes in the background right after a decision.
+    registry_autosync: bool = True
     extra: dict = field(default_factory=dict)
 
 
@@ -75,6 +79,9 @@ def load_settings(**overrides) -> Settings:
         shadow_workers=int(os.environ.get("NUMEX_SHADOW_WORKERS", "1")),
         candidate_timeout_s=float(os.environ.get("NUMEX_CANDIDATE_TIMEOUT", "60")),
         cycle_lock_timeout_s=float(os.environ.get("NUMEX_CYCLE_LOCK_TIMEOUT", "900")),
+        registry_timeout_s=float(os.environ.get("NUMEX_REGISTRY_TIMEOUT", "5")),
+        registry_autosync=os.environ.get("NUMEX_REGISTRY_AUTOSYNC", "1").lower()
+        not in ("0", "false", "no", "off"),
     )
     for key, value in overrides.items():
         if not hasattr(settings, key):
