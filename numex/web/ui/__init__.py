@@ -19,3 +19,7 @@ def register_ui(app: Flask) -> None:
     from numex.web.ui import cycles
 
     app.register_blueprint(cycles.bp)
+
+    from numex.web.ui import registry
+
+    registry.init_app(app)
