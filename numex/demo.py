@@ -51,8 +51,9 @@ def load_demo(
     progress: Callable[[str], None] | None = None,
     actor: Actor | None = None,
 ) -> DemoLoad:
-    """Load the seattle-tmax routine, register persistence, ridge and gbm, and bootstrap
-    persistence as the first operational candidate. Safe to run again."""
+    """Load the seattle-tmax routine, register persistence, ridge and gbm, bootstrap
+    persistence as the first operational candidate, then run ridge and gbm in parallel
+    through the 2014–2015 cycles (:mod:`numex.demo_cycles`). Safe to run again."""
     progress = progress or (lambda _message: None)
     actor = actor or Actor.system("demo")
     folder = demo_folder(rt)
@@ -89,4 +90,7 @@ def load_demo(
         step(f"{FIRST_OPERATIONAL} bootstrapped as the operational candidate", True)
     else:
         step(f"operational candidate: {operational_name}", False)
+    from numex.demo_cycles import run_demo_cycles
+
+    run_demo_cycles(rt, step, actor)
     return result

@@ -140,11 +140,14 @@ def test_demo_load_registers_three_candidates_and_is_idempotent(runner):
     first = _json(runner.invoke("demo", "load", "--json"))
     assert first["changed"] is True
     candidates = _json(runner.invoke("candidate", "list", "--routine", "seattle-tmax", "--json"))
+    # ridge and gbm run in the parallel routine through the 2014-2015 cycles (demo action).
     assert sorted((c["name"], c["stage"]) for c in candidates) == [
-        ("gbm", "experiment"),
+        ("gbm", "parallel"),
         ("persistence", "operational"),
-        ("ridge", "experiment"),
+        ("ridge", "parallel"),
     ]
+    cycles = _json(runner.invoke("cycle", "list", "seattle-tmax", "--per-page", "1", "--json"))
+    assert cycles["total"] == 730 and cycles["cycles"][0]["status"] == "verified"
     again = runner.invoke("demo", "load")
     assert again.exit_code == 0
     assert "nothing changed" in again.stdout
