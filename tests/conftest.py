@@ -221,3 +221,7 @@ def token_for(rt, cast):
         return users.create_token(rt, username, Actor.system("test")).token
 
     return make
+
+
+# The cycle tests' small routine and fault-injected models (fixtures ``fault_models``, ``ticks``).
+from tests.cycle_fixtures import fault_models, ticks  # noqa: E402, F401
