@@ -154,6 +154,7 @@ def _distributions_of_packages() -> Mapping[str, list[str]]:
     return importlib.metadata.packages_distributions()
 
 
+@functools.cache
 def _pin(distribution: str) -> str | None:
     try:
         return f"{distribution}=={importlib.metadata.version(distribution)}"
@@ -285,14 +286,15 @@ def log_training_run(
     metrics: Mapping[str, float],
     tags: Mapping[str, str],
     datasets: list[DatasetLog],
+    detail_metrics: Mapping[str, float] | None = None,
     signature_input: pd.DataFrame,
     signature_output: Any,
     description: str = "",
 ) -> LoggedRun:
-    """Log one training run: params, metrics and tags in one batch, each dataset as an
-    input (its digest numex's, the full one kept in its source), and the fitted
-    ``model`` as an sklearn model with an explicit signature and pinned pip
-    requirements.
+    """Log one training run: tags, ``metrics`` (also attached to the logged model), each
+    dataset as an input (its digest numex's, the full one kept in its source), the
+    fitted ``model`` as an sklearn model with an explicit signature and pinned pip
+    requirements, then params and ``detail_metrics`` (run only, e.g. per segment).
 
     The run ends FINISHED; on any error it ends FAILED and the error propagates.
     """
@@ -310,22 +312,26 @@ def log_training_run(
         # MLflow hints that integer columns cannot hold missing values; numex's cases have
         # every feature present (rows without are not forecast), so the hint is noise.
         warnings.filterwarnings("ignore", message=".*integer column", category=UserWarning)
-        run = mlflow_client.create_run(
-            experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
-        )
-        run_id = run.info.run_id
-        try:
+        # Started with an explicit experiment id: whatever experiment the process has
+        # made active (mlflow.set_experiment) does not matter. An error inside ends the
+        # run FAILED and propagates.
+        with mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=run_name,
+            tags={k: str(v) for k, v in tags.items()},
+        ) as run:
+            run_id = run.info.run_id
             now = run.info.start_time
-            mlflow_client.log_batch(
-                run_id,
-                metrics=[
+
+            def metric_list(values: Mapping[str, float] | None) -> list[Metric]:
+                return [
                     Metric(_metric_key(k), float(v), now, 0)
-                    for k, v in metrics.items()
+                    for k, v in (values or {}).items()
                     if v is not None
-                ],
-                params=[Param(k, _param_value(v)) for k, v in params.items()],
-                tags=[RunTag("mlflow.note.content", description)] if description else [],
-            )
+                ]
+
+            if metrics:
+                mlflow_client.log_batch(run_id, metrics=metric_list(metrics))
             inputs = []
             for data in datasets:
                 source = CodeDatasetSource(
@@ -339,20 +345,24 @@ def log_training_run(
                     digest=data.mlflow_digest,
                 )
                 inputs.append(_dataset_input(dataset, context=data.context))
-            mlflow_client.log_inputs(run_id, datasets=inputs)
-            signature = infer_signature(signature_input, signature_output)
-            with mlflow.start_run(run_id=run_id):
-                info = mlflow.sklearn.log_model(
-                    model,
-                    name="model",
-                    pip_requirements=pip_requirements_for(model),
-                    signature=signature,
-                    input_example=None,
-                    serialization_format="cloudpickle",
-                )
-        except BaseException:
-            mlflow_client.set_terminated(run_id, "FAILED")
-            raise
+            if inputs:
+                mlflow_client.log_inputs(run_id, datasets=inputs)
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                pip_requirements=pip_requirements_for(model),
+                signature=infer_signature(signature_input, signature_output),
+                input_example=None,
+                serialization_format="cloudpickle",
+            )
+            # After the model: MLflow copies the run's metrics so far onto the logged
+            # model, and the per-segment detail belongs to the run only.
+            mlflow_client.log_batch(
+                run_id,
+                metrics=metric_list(detail_metrics),
+                params=[Param(k, _param_value(v)) for k, v in params.items()],
+                tags=[RunTag("mlflow.note.content", description)] if description else [],
+            )
     return LoggedRun(
         run_id=run_id,
         experiment_id=experiment_id,
@@ -382,7 +392,6 @@ def register_model_version(
     name: str,
     source_uri: str,
     tags: Mapping[str, str] | None = None,
-    description: str = "",
 ) -> ModelVersion:
     """Register ``source_uri`` (a logged model, ``runs:/`` or ``models:/`` URI) as a new
     version of the registered model ``name`` (created on first use)."""
@@ -392,18 +401,19 @@ def register_model_version(
     configure(settings)
     mlflow_client = client(settings)
     with _quiet_mlflow():
-        try:
-            mlflow_client.get_registered_model(name)
-        except MlflowException:
-            with contextlib.suppress(MlflowException):  # created concurrently: fine
-                mlflow_client.create_registered_model(
-                    name, description="numex routine; versions are its candidates"
-                )
+        key = (settings.mlflow_registry_uri, name)
+        if key not in _registered_models:
+            try:
+                mlflow_client.get_registered_model(name)
+            except MlflowException:
+                with contextlib.suppress(MlflowException):  # created concurrently: fine
+                    mlflow_client.create_registered_model(
+                        name, description="numex routine; its versions are its candidates"
+                    )
+            _registered_models.add(key)
         version = mlflow.register_model(
             source_uri, name, tags={k: str(v) for k, v in (tags or {}).items()}
         )
-        if description:
-            mlflow_client.update_model_version(name, version.version, description=description)
     return ModelVersion(name=name, version=str(version.version))
 
 
@@ -510,6 +520,8 @@ def resolve_model_uri(settings: Settings, uri: str) -> ModelSource:
 
 
 _model_cache: dict[tuple[str, str, str], Any] = {}
+#: (registry URI, name) of registered models known to exist: checked once per process.
+_registered_models: set[tuple[str, str]] = set()
 _model_cache_lock = threading.Lock()
 
 

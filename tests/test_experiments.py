@@ -140,10 +140,10 @@ def test_registration_records_lineage_in_numex_and_mlflow(rt, loaded, ridge):
     assert run["tags"][mlflow_bridge.TAG_DATA_DIGEST] == data_digest
     assert run["tags"][mlflow_bridge.TAG_LINEAGE_DIGEST] == lineage
     assert run["tags"][mlflow_bridge.TAG_CODE_COMMIT] == ""
-    assert {(i["name"], i["context"]) for i in run["inputs"]} == {
-        ("tiny-training", "training"),
-        ("tiny-holdout", "evaluation"),
-    }
+    (dataset,) = run["inputs"]
+    assert (dataset["name"], dataset["context"]) == ("tiny-training", "training")
+    assert run["tags"]["numex.training_digest"].removeprefix("sha256:")[:32] == dataset["digest"]
+    assert run["tags"]["numex.holdout_digest"].startswith("sha256:")
     version = mlflow_bridge.model_version_info(rt.settings, "numex.tiny", "1")
     assert version["run_id"] == run_id
     assert version["tags"][mlflow_bridge.TAG_CANDIDATE] == "ridge"

@@ -369,15 +369,18 @@ def _natural(label: str) -> tuple[int, float | str]:
         return (1, label)
 
 
-def _mlflow_metrics(scores: dict[str, Any]) -> dict[str, float]:
-    flat = {f"holdout_{k}": v for k, v in scores["overall"].items() if v is not None}
+def _mlflow_metrics(scores: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+    """(overall, per segment) holdout scores as MLflow metrics: ``holdout_rmse``,
+    ``holdout_rmse/lead/1``..."""
+    overall = {f"holdout_{k}": v for k, v in scores["overall"].items() if v is not None}
+    overall["holdout_n_cases"] = float(scores["n_cases"])
+    detail = {}
     for segment, cells in scores["segments"].items():
         for label, cell in cells.items():
             for metric, value in cell.items():
                 if metric != "n_cases" and value is not None:
-                    flat[f"holdout_{metric}/{segment}/{label}"] = value
-    flat["holdout_n_cases"] = float(scores["n_cases"])
-    return flat
+                    detail[f"holdout_{metric}/{segment}/{label}"] = value
+    return overall, detail
 
 
 def _usable(frame: pd.DataFrame, features: Sequence[str], target: str) -> pd.DataFrame:
@@ -456,8 +459,8 @@ class _Prepared:
 
 
 def _prepare(rt: Runtime, path: Path, progress: Progress) -> _Prepared:
-    experiment = specs.load_experiment(path)
     folder_routine = specs.load_routine(path.parent)
+    experiment = specs.load_experiment(path, folder_routine)
     with rt.read() as session:
         routine = get_routine(session, experiment.routine)
         version = routine.current
@@ -576,12 +579,15 @@ def register_experiment(
         mlflow_bridge.TAG_LINEAGE_DIGEST: prepared.lineage,
         mlflow_bridge.TAG_CODE_COMMIT: prepared.code.commit or "",
         mlflow_bridge.TAG_CODE_DIRTY: _flag(prepared.code.dirty),
+        "numex.training_digest": prepared.training_digest,
+        "numex.holdout_digest": prepared.holdout_digest,
         "numex.spec_file": str(path),
         "numex.author": experiment.author,
         "numex.registered_by": actor.name,
     }
     if prepared.code.commit:
         tags[mlflow_bridge.TAG_GIT_COMMIT] = prepared.code.commit
+    overall_metrics, segment_metrics = _mlflow_metrics(scores)
     logged = mlflow_bridge.log_training_run(
         settings,
         experiment_name=mlflow_bridge.experiment_name_for(routine.name),
@@ -593,7 +599,8 @@ def register_experiment(
             "numex.training": str(experiment.training),
             "numex.holdout": str(routine.holdout),
         },
-        metrics=_mlflow_metrics(scores),
+        metrics=overall_metrics,
+        detail_metrics=segment_metrics,
         tags=tags,
         datasets=[
             mlflow_bridge.DatasetLog(
@@ -603,15 +610,7 @@ def register_experiment(
                 context="training",
                 source=routine.data.source,
                 target=routine.target,
-            ),
-            mlflow_bridge.DatasetLog(
-                prepared.holdout,
-                name=f"{routine.name}-holdout",
-                digest=prepared.holdout_digest,
-                context="evaluation",
-                source=routine.data.source,
-                target=routine.target,
-            ),
+            )
         ],
         signature_input=inputs.head(5),
         signature_output=forecast[:5],
@@ -629,7 +628,6 @@ def register_experiment(
                 mlflow_bridge.TAG_STAGE: "experiment",
                 mlflow_bridge.TAG_LINEAGE_DIGEST: prepared.lineage,
             },
-            description=experiment.description,
         )
         candidate = Candidate(
             routine_id=prepared.routine_id,
