@@ -6,7 +6,7 @@ from flask import Flask
 
 
 def register_ui(app: Flask) -> None:
-    from numex.web.ui import audit, dashboard
+    from numex.web.ui import audit, dashboard, promotions
 
     app.register_blueprint(dashboard.bp)
 
@@ -15,6 +15,7 @@ def register_ui(app: Flask) -> None:
     app.register_blueprint(candidates.bp)
     app.register_blueprint(routines.bp)
     app.register_blueprint(audit.bp)
+    app.register_blueprint(promotions.bp)
 
     from numex.web.ui import cycles
 
