@@ -356,7 +356,7 @@ def insert_forecast_rows(
                 "value) VALUES (?, ?, ?, ?, ?)",
                 list(rows),
             )
-    except IntegrityError as error:
+    except (IntegrityError, _driver_integrity_error()) as error:
         raise Conflict(
             "some of these forecasts are already stored (same origin, candidate and case); "
             "stored forecasts are never overwritten"
@@ -540,6 +540,16 @@ def store_routine_observations(session: Session, case_ids: np.ndarray, values: n
 
 
 # --- PostgreSQL COPY ----------------------------------------------------------------------
+
+
+def _driver_integrity_error() -> type[Exception]:
+    """psycopg's own IntegrityError: COPY runs on the raw connection, so a duplicate
+    surfaces as the driver's error, not SQLAlchemy's."""
+    try:
+        from psycopg.errors import IntegrityError as PsycopgIntegrityError
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        return IntegrityError
+    return PsycopgIntegrityError
 
 
 def _copy(session: Session, table: str, columns: Sequence[str], rows) -> None:
