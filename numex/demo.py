@@ -53,7 +53,9 @@ def load_demo(
 ) -> DemoLoad:
     """Load the seattle-tmax routine, register persistence, ridge and gbm, bootstrap
     persistence as the first operational candidate, then run ridge and gbm in parallel
-    through the 2014–2015 cycles (:mod:`numex.demo_cycles`). Safe to run again."""
+    through the 2014–2015 cycles (:mod:`numex.demo_cycles`), create the demo users and
+    leave one pending promotion request (:mod:`numex.demo_promotions`). Safe to run
+    again."""
     progress = progress or (lambda _message: None)
     actor = actor or Actor.system("demo")
     folder = demo_folder(rt)
@@ -93,4 +95,7 @@ def load_demo(
     from numex.demo_cycles import run_demo_cycles
 
     run_demo_cycles(rt, step, actor)
+    from numex.demo_promotions import load_demo_promotions
+
+    load_demo_promotions(rt, step, actor)
     return result

@@ -20,7 +20,17 @@ from numex.cli.common import (
     token_option,
 )
 from numex.db import REQUEST_STATUSES
-from numex.services import promotions
+
+#: The stages a promotion request leads into (numex.services.promotions.TARGETS).
+TARGETS = ("parallel", "operational")
+
+
+def _promotions():
+    """The promotions service, imported when a command runs: it pulls in the scoring
+    stack (scipy, pandas), which ``numex --help`` should not wait for."""
+    from numex.services import promotions
+
+    return promotions
 
 
 def _short(digest: str | None) -> str:
@@ -99,16 +109,14 @@ def promote() -> None:
 
 @promote.command("request")
 @click.argument("candidate")
-@click.option(
-    "--to", "target", required=True, type=click.Choice(promotions.TARGETS), help="Stage to enter."
-)
+@click.option("--to", "target", required=True, type=click.Choice(TARGETS), help="Stage to enter.")
 @click.option("--reason", default="", help="Why the candidate should be promoted.")
 @token_option
 @json_option
 def request_(candidate: str, target: str, reason: str, token: str | None, as_json: bool) -> None:
     """Request promotion of CANDIDATE (id or ROUTINE/NAME) into the next stage."""
     actor = token_actor(token)
-    view = promotions.request_promotion(get_runtime(), candidate, target, actor, reason)
+    view = _promotions().request_promotion(get_runtime(), candidate, target, actor, reason)
     emit(view, as_json, render_request)
 
 
@@ -117,7 +125,7 @@ def request_(candidate: str, target: str, reason: str, token: str | None, as_jso
 @json_option
 def show(request_id: int, as_json: bool) -> None:
     """Show promotion request REQUEST_ID with its evidence, checks and sign-offs."""
-    emit(promotions.get_request(get_runtime(), request_id), as_json, render_request)
+    emit(_promotions().get_request(get_runtime(), request_id), as_json, render_request)
 
 
 @promote.command("evidence")
@@ -125,7 +133,7 @@ def show(request_id: int, as_json: bool) -> None:
 @click.option("--digest", default=None, help="An earlier revision's digest (default: current).")
 def evidence(request_id: int, digest: str | None) -> None:
     """Print the full frozen evidence document of REQUEST_ID as JSON."""
-    emit(promotions.evidence_content(get_runtime(), request_id, digest), True, print)
+    emit(_promotions().evidence_content(get_runtime(), request_id, digest), True, print)
 
 
 @promote.command("list")
@@ -134,7 +142,7 @@ def evidence(request_id: int, digest: str | None) -> None:
 @json_option
 def list_(status: str | None, routine: str | None, as_json: bool) -> None:
     """List promotion requests, newest first."""
-    emit(promotions.list_requests(get_runtime(), status, routine), as_json, _request_rows)
+    emit(_promotions().list_requests(get_runtime(), status, routine), as_json, _request_rows)
 
 
 @promote.command("withdraw")
@@ -144,7 +152,7 @@ def list_(status: str | None, routine: str | None, as_json: bool) -> None:
 @json_option
 def withdraw(request_id: int, reason: str, token: str | None, as_json: bool) -> None:
     """Withdraw your own open request REQUEST_ID."""
-    view = promotions.withdraw(get_runtime(), request_id, token_actor(token), reason)
+    view = _promotions().withdraw(get_runtime(), request_id, token_actor(token), reason)
     emit(view, as_json, render_request)
 
 
@@ -158,7 +166,7 @@ def override(
     request_id: int, check: str, justification: str, token: str | None, as_json: bool
 ) -> None:
     """Override failed CHECK of REQUEST_ID (admin), with a written justification."""
-    view = promotions.override_check(
+    view = _promotions().override_check(
         get_runtime(), request_id, check, token_actor(token), justification
     )
     emit(view, as_json, render_request)
@@ -173,11 +181,12 @@ def refresh(request_id: int | None, routine: str | None, token: str | None, as_j
     """Rebuild the evidence of REQUEST_ID (or of every open request) from the latest cycles."""
     actor = token_actor(token)
     if request_id is not None:
-        result = promotions.refresh_evidence(get_runtime(), request_id, actor)
-        changed = [result] if result["changed"] else []
-        summary = [{"request_id": request_id, "changes": result["changes"]}] if changed else []
+        result = _promotions().refresh_evidence(get_runtime(), request_id, actor)
+        summary = (
+            [{"request_id": request_id, "changes": result["changes"]}] if result["changed"] else []
+        )
     else:
-        summary = promotions.refresh_open_requests(get_runtime(), actor, routine)
+        summary = _promotions().refresh_open_requests(get_runtime(), actor, routine)
 
     def render(rows):
         if not rows:
@@ -213,7 +222,7 @@ def history(routine: str, as_json: bool) -> None:
                 left = p["left"]
                 click.echo(f"    out: {left['kind']} by {left['actor']}: {left['reason']}")
 
-    emit(promotions.operational_history(get_runtime(), routine), as_json, render)
+    emit(_promotions().operational_history(get_runtime(), routine), as_json, render)
 
 
 @click.command("signoff", cls=click.Command)
@@ -240,7 +249,7 @@ def signoff(
     """Sign off promotion request REQUEST_ID: --approve or --reject, with --comment."""
     if decision is None:
         raise click.UsageError("give --approve or --reject")
-    view = promotions.sign_off(
+    view = _promotions().sign_off(
         get_runtime(),
         request_id,
         token_actor(token),
@@ -258,7 +267,7 @@ def signoff(
 @json_option
 def rollback(routine: str, reason: str, token: str | None, as_json: bool) -> None:
     """Reinstate ROUTINE's previous operational candidate (ops), with a reason."""
-    result = promotions.rollback(get_runtime(), routine, token_actor(token), reason)
+    result = _promotions().rollback(get_runtime(), routine, token_actor(token), reason)
     emit(
         result,
         as_json,
