@@ -43,20 +43,33 @@ def create_app(config: Mapping[str, Any] | None = None, settings: Settings | Non
         SEND_FILE_MAX_AGE_DEFAULT=3600,
     )
     app.config.update(flask_config)
-    app.extensions["numex"] = Runtime(settings)
+    rt = app.extensions["numex"] = Runtime(settings)
+    # Online shadow serving: its threads start on the first /predict of each process and
+    # stop at exit (or with stop_shadow_worker).
+    from numex.services import shadow
+
+    app.extensions["numex.shadow"] = shadow.worker_for(rt)
 
     bootstrap.init_app(app)
     csrf.init_app(app)
 
-    from numex.web import auth, errors, vendor
+    from numex.web import auth, errors, metrics, vendor
     from numex.web.api import api
     from numex.web.ui import register_ui
 
     auth.init_app(app)
     register_ui(app)
     app.register_blueprint(vendor.bp)
+    app.register_blueprint(metrics.bp)
     app.register_blueprint(api, url_prefix="/api/v1")
     # The JSON API authenticates with bearer tokens, not cookies: CSRF does not apply.
     csrf.exempt(api)
     errors.register(app)
     return app
+
+
+def stop_shadow_worker(app: Flask, timeout: float = 5.0) -> None:
+    """Stop the app's shadow worker (it finishes queued work for up to ``timeout`` s)."""
+    worker = app.extensions.get("numex.shadow")
+    if worker is not None:
+        worker.stop(timeout)

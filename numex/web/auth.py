@@ -77,7 +77,7 @@ def authenticate_request() -> None:
     if current_user.is_authenticated:
         g.actor = current_user.actor
         return None
-    if request.path.startswith("/api/"):
+    if request.path.startswith("/api/") or request.path == "/metrics":
         raise Unauthenticated(
             "sign in or send 'Authorization: Bearer <token>' (create a token with "
             "`numex user token USERNAME`)"

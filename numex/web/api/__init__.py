@@ -16,4 +16,4 @@ def list_routines():
 
 
 # Routes of other areas register themselves on the blueprint.
-from numex.web.api import candidates, cycles, promotions, registry  # noqa: E402, F401
+from numex.web.api import candidates, cycles, promotions, registry, shadow  # noqa: E402, F401
