@@ -42,5 +42,9 @@ def _register() -> None:
     main.add_command(cycle.scheduler)
     main.add_command(cycle.observations)
 
+    from numex.cli import scorecard
+
+    main.add_command(scorecard.scorecard)
+
 
 _register()
