@@ -16,4 +16,11 @@ def list_routines():
 
 
 # Routes of other areas register themselves on the blueprint.
-from numex.web.api import candidates, cycles, promotions, registry, shadow  # noqa: E402, F401
+from numex.web.api import (  # noqa: E402, F401
+    candidates,
+    cycles,
+    promotions,
+    registry,
+    scorecards,
+    shadow,
+)

@@ -24,3 +24,7 @@ def register_ui(app: Flask) -> None:
     from numex.web.ui import registry
 
     registry.init_app(app)
+
+    from numex.web.ui import scorecards
+
+    app.register_blueprint(scorecards.bp)
