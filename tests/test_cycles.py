@@ -272,6 +272,24 @@ def test_a_cycle_abandoned_by_a_dead_claimer_is_retried_once_its_claim_is_stale(
     assert "another process" in report.outcomes[2].message
 
 
+def test_a_run_whose_claim_was_taken_over_stores_nothing(rt, ticks, monkeypatch):
+    real_forecast = cycles._forecast
+
+    def slow_forecast(*args, **kwargs):
+        predictions = real_forecast(*args, **kwargs)
+        with rt.transaction() as session:  # meanwhile the claim went stale and was taken
+            session.execute(update(Cycle).values(locked_by="elsewhere:2:alive"))
+        return predictions
+
+    monkeypatch.setattr(cycles, "_forecast", slow_forecast)
+    outcome = cycles.run_cycle(rt, ROUTINE, "2021-01-12", OPS)
+    assert outcome.action == "lost" and "nothing stored" in outcome.message
+    assert _count(rt, Forecast) == 0 and _count(rt, CandidateCycleResult) == 0
+    with rt.read() as session:
+        run = session.scalar(select(CycleRun))
+    assert run.status == "lost" and run.finished_at is not None
+
+
 def test_two_concurrent_claimers_run_a_cycle_once(ticks, settings):
     ticks.add("steady", "better")
     runtimes = [Runtime(settings) for _ in range(4)]

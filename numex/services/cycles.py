@@ -752,6 +752,15 @@ def _store(
                     c.attempt,
                 )
             )
+            session.execute(
+                update(CycleRun)
+                .where(CycleRun.id == c.run_id)
+                .values(
+                    status="lost",
+                    finished_at=now,
+                    note="claim went stale and another process took the cycle over; nothing stored",
+                )
+            )
         rows = {c.cycle_id: data.rows(c.window_start, c.window_end) for c in mine}
         positions = np.concatenate([rows[c.cycle_id] for c in mine]) if mine else np.array([], int)
         case_ids = forecasts.upsert_cases(session, routine, data.cases.take(positions))
@@ -921,18 +930,19 @@ def _store(
             )
         connection = session.connection()
         cycles_table, runs_table = Cycle.__table__, CycleRun.__table__
-        connection.execute(
-            cycles_table.update()
-            .where(cycles_table.c.id == bindparam("b_id"))
-            .values(locked_by=None, locked_at=None),
-            cycle_rows,
-        )
-        connection.execute(
-            runs_table.update()
-            .where(runs_table.c.id == bindparam("b_id"))
-            .values(finished_at=utcnow()),
-            run_rows,
-        )
+        if cycle_rows:
+            connection.execute(
+                cycles_table.update()
+                .where(cycles_table.c.id == bindparam("b_id"))
+                .values(locked_by=None, locked_at=None),
+                cycle_rows,
+            )
+            connection.execute(
+                runs_table.update()
+                .where(runs_table.c.id == bindparam("b_id"))
+                .values(finished_at=utcnow()),
+                run_rows,
+            )
         if plain:
             audit.record(
                 session,
