@@ -123,22 +123,29 @@ def ensure_experiment(settings: Settings, name: str) -> str:
     artifact location."""
     from mlflow.exceptions import MlflowException
 
+    key = (settings.mlflow_tracking_uri, name)
+    known = _experiment_ids.get(key)
+    if known is not None:
+        return known
     mlflow_client = client(settings)
     existing = mlflow_client.get_experiment_by_name(name)
     if existing is not None:
         if existing.lifecycle_stage == "deleted":
             mlflow_client.restore_experiment(existing.experiment_id)
-        return existing.experiment_id
-    try:
-        return mlflow_client.create_experiment(
-            name, artifact_location=_artifact_location(settings, name)
-        )
-    except MlflowException:
-        # Created concurrently by another process: use theirs.
-        existing = mlflow_client.get_experiment_by_name(name)
-        if existing is None:
-            raise
-        return existing.experiment_id
+        experiment_id = existing.experiment_id
+    else:
+        try:
+            experiment_id = mlflow_client.create_experiment(
+                name, artifact_location=_artifact_location(settings, name)
+            )
+        except MlflowException:
+            # Created concurrently by another process: use theirs.
+            existing = mlflow_client.get_experiment_by_name(name)
+            if existing is None:
+                raise
+            experiment_id = existing.experiment_id
+    _experiment_ids[key] = experiment_id
+    return experiment_id
 
 
 def experiment_name_for(routine: str) -> str:
@@ -303,6 +310,7 @@ def log_training_run(
     import mlflow.sklearn
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.entities import Metric, Param, RunTag
+    from mlflow.exceptions import MlflowException
     from mlflow.models import infer_signature
 
     configure(settings)
@@ -315,11 +323,15 @@ def log_training_run(
         # Started with an explicit experiment id: whatever experiment the process has
         # made active (mlflow.set_experiment) does not matter. An error inside ends the
         # run FAILED and propagates.
-        with mlflow.start_run(
-            experiment_id=experiment_id,
-            run_name=run_name,
-            tags={k: str(v) for k, v in tags.items()},
-        ) as run:
+        run_tags = {k: str(v) for k, v in tags.items()}
+        try:
+            active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags)
+        except MlflowException:
+            # The experiment id was remembered from earlier; it may have been deleted since.
+            _experiment_ids.pop((settings.mlflow_tracking_uri, experiment_name), None)
+            experiment_id = ensure_experiment(settings, experiment_name)
+            active = mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=run_tags)
+        with active as run:
             run_id = run.info.run_id
             now = run.info.start_time
 
@@ -519,6 +531,8 @@ def resolve_model_uri(settings: Settings, uri: str) -> ModelSource:
     )
 
 
+#: (tracking URI, name) → id of MLflow experiments numex has looked up in this process.
+_experiment_ids: dict[tuple[str, str], str] = {}
 _model_cache: dict[tuple[str, str, str], Any] = {}
 #: (registry URI, name) of registered models known to exist: checked once per process.
 _registered_models: set[tuple[str, str]] = set()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import re
 import subprocess
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -314,14 +315,6 @@ def _clean(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _score(metric: str, forecast: np.ndarray, observation: np.ndarray) -> float | None:
-    from numex.scoring import metrics as scoring
-
-    if len(forecast) == 0:
-        return None
-    return _clean(scoring.score(_SCORING_NAMES.get(metric, metric), forecast, observation))
-
-
 def evaluate(
     routine: specs.RoutineSpec,
     holdout: pd.DataFrame,
@@ -330,27 +323,52 @@ def evaluate(
     """Every routine metric on the holdout cases, overall and per segment value.
 
     ``holdout`` holds the cases (with target and segment columns) in the order of
-    ``forecast``. Scores come from :mod:`numex.scoring.metrics`, the same code that
-    scores cycles.
+    ``forecast``; pairs with a missing value are left out. Scores come from
+    :mod:`numex.scoring.metrics` as the scorecard computes them: each metric's
+    per-case quantities (``e``, ``|e|``, ``e²``…) are summed per segment value and
+    the metric turns the sums into its score.
     """
+    from numex.scoring import metrics as scoring
+
     observation = holdout[routine.target].to_numpy(dtype=float)
     forecast = np.asarray(forecast, dtype=float).ravel()
-    overall = {metric: _score(metric, forecast, observation) for metric in routine.metrics}
+    keep = ~(np.isnan(forecast) | np.isnan(observation))
+    f, o = forecast[keep], observation[keep]
+    chosen = {name: scoring.get_metric(_SCORING_NAMES.get(name, name)) for name in routine.metrics}
+    quantities: dict[str, np.ndarray] = {}
+    for metric in chosen.values():
+        scoring.check_observations(metric, f, o)
+        for quantity in metric.quantities:
+            if quantity not in quantities:
+                quantities[quantity] = scoring.QUANTITIES[quantity](f, o)
+
+    def cell_scores(sums: dict[str, np.ndarray], n: np.ndarray, group: int) -> dict[str, Any]:
+        count = float(n[group])
+        if count == 0:
+            return dict.fromkeys(chosen)
+        cell = {q: values[group : group + 1] for q, values in sums.items()}
+        return {
+            name: _clean(metric.total_score(cell, n[group : group + 1]))
+            for name, metric in chosen.items()
+        }
+
+    total = {q: np.array([values.sum()]) for q, values in quantities.items()}
+    overall = cell_scores(total, np.array([float(f.size)]), 0)
     segments: dict[str, dict[str, dict[str, Any]]] = {}
-    values = specs.segment_values(holdout, routine)
+    values = specs.segment_values(holdout.loc[keep], routine)
     for segment in routine.segments:
-        column = values[segment.name].to_numpy()
-        cells: dict[str, dict[str, Any]] = {}
-        for value in pd.unique(column):
-            mask = column == value
-            cell: dict[str, Any] = {"n_cases": int(mask.sum())}
-            for metric in routine.metrics:
-                cell[metric] = _score(metric, forecast[mask], observation[mask])
-            cells[_segment_label(value)] = cell
+        codes, labels = pd.factorize(values[segment.name], sort=False)
+        size = len(labels)
+        n = np.bincount(codes, minlength=size).astype(float)
+        sums = {q: np.bincount(codes, weights=v, minlength=size) for q, v in quantities.items()}
+        cells = {
+            _segment_label(label): {"n_cases": int(n[group]), **cell_scores(sums, n, group)}
+            for group, label in enumerate(labels)
+        }
         segments[segment.name] = dict(sorted(cells.items(), key=lambda kv: _natural(kv[0])))
     return {
         "period": str(routine.holdout),
-        "n_cases": len(observation),
+        "n_cases": int(f.size),
         "overall": overall,
         "segments": segments,
     }
@@ -472,6 +490,10 @@ def _prepare(rt: Runtime, path: Path, progress: Progress) -> _Prepared:
             )
         routine_id, version_id = routine.id, version.id
         model_name, routine_digest = routine.registered_model_name, version.digest
+    # git runs in its own processes: let it work while the data loads.
+    found: list[CodeVersion] = []
+    git = threading.Thread(target=lambda: found.append(code_version(path.parent)), daemon=True)
+    git.start()
     progress(f"loading data for {folder_routine.name}")
     frame = specs.load_routine_data(folder_routine)
     columns = list(dict.fromkeys([*folder_routine.case_keys, *experiment.features]))
@@ -499,7 +521,8 @@ def _prepare(rt: Runtime, path: Path, progress: Progress) -> _Prepared:
     holdout_digest = specs.data_digest(holdout[columns])
     data_digest = audit.digest({"training": training_digest, "holdout": holdout_digest})
     spec_digest = specs.spec_digest(experiment)
-    code = code_version(path.parent)
+    git.join()
+    code = found[0] if found else CodeVersion(None, None)
     lineage = lineage_digest(
         routine_digest=routine_digest, spec_digest=spec_digest, data_digest=data_digest, code=code
     )
