@@ -636,6 +636,9 @@ def paired_frame(
     """
     spec = _spec(routine)
     segment_names = [s.name for s in spec.segments]
+    # The pairs are read as Core rows on the session's connection (ORM row processing
+    # doubled the time of the scorecard page); flush first, as the ORM's autoflush would.
+    session.flush()
     parts = [_cycle_pairs(session, routine, candidate_id, reference_id, start, end)]
     if include_online:
         parts.append(_online_pairs(session, routine, spec, candidate_id, reference_id, start, end))
@@ -710,7 +713,8 @@ def _cycle_pairs(session, routine, candidate_id, reference_id, start, end) -> li
         query = query.where(Cycle.window_start >= start)
     if end is not None:
         query = query.where(Cycle.window_start < end)
-    return session.execute(query).all()
+    # Plain tuples: a DataFrame built from Row objects probes every row's attributes.
+    return [tuple(row) for row in session.connection().execute(query).all()]
 
 
 def _online_pairs(session, routine, spec, candidate_id, reference_id, start, end) -> list:
@@ -749,7 +753,7 @@ def _online_pairs(session, routine, spec, candidate_id, reference_id, start, end
         query = query.where(Case.valid_time >= start)
     if end is not None:
         query = query.where(Case.valid_time < end + step)
-    rows = session.execute(query).all()
+    rows = session.connection().execute(query).all()
     if not rows:
         return []
     labels = cycle_labels(np.array([row[0] for row in rows], dtype="datetime64[ns]"), spec)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import pandas as pd
@@ -242,8 +243,9 @@ class Comparison:
     method: str
     scorecard: Scorecard
 
-    @property
+    @cached_property
     def digest(self) -> str:
+        """The scorecard's content digest (computed once: it serialises every cell)."""
         return self.scorecard.digest()
 
     def to_dict(self) -> dict[str, Any]:
