@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.metadata
 import logging
 import math
 import os
@@ -158,11 +157,15 @@ def experiment_name_for(routine: str) -> str:
 
 @functools.cache
 def _distributions_of_packages() -> Mapping[str, list[str]]:
+    import importlib.metadata  # here, not at the top: it costs tens of ms to import
+
     return importlib.metadata.packages_distributions()
 
 
 @functools.cache
 def _pin(distribution: str) -> str | None:
+    import importlib.metadata
+
     try:
         return f"{distribution}=={importlib.metadata.version(distribution)}"
     except importlib.metadata.PackageNotFoundError:

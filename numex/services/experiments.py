@@ -866,7 +866,10 @@ def register_model_uri(
         )
 
     progress(f"scoring the holdout of {spec.name}")
-    frame = specs.load_routine_data(spec)
+    try:
+        frame = specs.load_routine_data(spec)
+    except specs.SpecError as error:  # the data moved since the routine was loaded
+        raise InvalidInput(f"routine {spec.name}'s data cannot be loaded: {error}") from error
     holdout = _usable(specs.holdout_frame(frame, spec), columns, spec.target)
     try:
         forecast = np.asarray(model.predict(holdout[columns]), dtype=float).ravel()
