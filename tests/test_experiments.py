@@ -250,6 +250,28 @@ def test_when_numex_cannot_record_the_candidate_the_mlflow_run_is_marked_orphane
     assert mlflow_bridge.TAG_ORPHAN in version["tags"]
 
 
+def test_a_concurrent_twin_registration_is_refused_and_its_run_marked_orphaned(
+    rt, loaded, ridge, monkeypatch
+):
+    # As if both started before either had recorded its candidate: the check before
+    # training finds nothing; the database's unique lineage refuses the second insert.
+    real, calls = experiments._existing, []
+
+    def first_finds_nothing(*args):
+        calls.append(args)
+        return None if len(calls) == 1 else real(*args)
+
+    monkeypatch.setattr(experiments, "_existing", first_finds_nothing)
+    with pytest.raises(Conflict, match=r"already registered as candidate ridge \(#1"):
+        experiments.register_experiment(rt, loaded / "ridge.yaml", SYSTEM, name="ridge-twin")
+    client = mlflow_bridge.client(rt.settings)
+    runs = client.search_runs([client.get_experiment_by_name("numex/tiny").experiment_id])
+    statuses = sorted((r.data.tags[mlflow_bridge.TAG_CANDIDATE], r.info.status) for r in runs)
+    assert statuses == [("ridge", "FINISHED"), ("ridge-twin", "FAILED")]
+    with rt.read() as session:
+        assert [c.name for c in session.scalars(select(Candidate))] == ["ridge"]
+
+
 # --- code version --------------------------------------------------------------------
 
 
