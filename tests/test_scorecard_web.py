@@ -290,7 +290,11 @@ def test_compare_page_shows_every_parallel_candidate_against_the_operational(cli
     overlay = json.loads(re.search(r"const overlay = (\[.*?\]);\n", text).group(1))
     assert [s["candidate"] for s in overlay] == ["good", "bad"]
     for name in ("good", "bad"):
-        assert scorecards.compare(world.rt, "tiny", name).digest[:19] in text
+        card = scorecards.compare(world.rt, "tiny", name).scorecard
+        overall = card.cell("rmse")
+        assert f"rmse {overall.candidate_score:.4g}" in text
+        assert f"against {overall.reference_score:.4g}" in text
+        assert f"needs 99.66 % per cell ({card.family.size} cells)" in text
     february = client.get("/routines/tiny/compare?from=2021-02-01&to=2021-02-28&method=iid")
     assert february.status_code == 200
     assert february.text.count("28 paired cycles") == 2
