@@ -379,6 +379,17 @@ def test_sign_off_on_evidence_that_changed_meanwhile_is_refused_with_what_change
     assert signed["approvals"] == 1
 
 
+def test_showing_an_open_request_rebuilds_its_evidence(world):
+    view = _request(world)
+    assert promotions.get_request(world.rt, view["id"], refresh=True)["evidence"]["revision"] == 1
+    world.add_cycles(2)
+    assert promotions.get_request(world.rt, view["id"])["evidence"]["revision"] == 1
+    shown = promotions.get_request(world.rt, view["id"], refresh=True)
+    assert shown["evidence"]["revision"] == 2 and shown["evidence"]["numbers"]["n_cycles"] == 42
+    events, _ = audit.list_events(world.rt, action="promotion.evidence_changed")
+    assert [(e.actor, e.payload["revision"]) for e in events] == [("numex", 2)]
+
+
 def test_refresh_open_requests_stores_new_evidence_for_each(world):
     view = _request(world)
     assert promotions.refresh_open_requests(world.rt, world.actor("olga")) == []

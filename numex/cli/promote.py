@@ -124,8 +124,10 @@ def request_(candidate: str, target: str, reason: str, token: str | None, as_jso
 @click.argument("request_id", type=int)
 @json_option
 def show(request_id: int, as_json: bool) -> None:
-    """Show promotion request REQUEST_ID with its evidence, checks and sign-offs."""
-    emit(_promotions().get_request(get_runtime(), request_id), as_json, render_request)
+    """Show promotion request REQUEST_ID with its evidence, checks and sign-offs (an open
+    request's evidence is rebuilt first from the latest verified cycles)."""
+    view = _promotions().get_request(get_runtime(), request_id, refresh=True)
+    emit(view, as_json, render_request)
 
 
 @promote.command("evidence")

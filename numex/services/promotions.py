@@ -14,7 +14,10 @@ its audit events in that same transaction (DESIGN.md, "Gates"):
 - :func:`override_check` — an admin overrides one failed check with a written
   justification (for the life of the request).
 - :func:`refresh_evidence` / :func:`refresh_open_requests` — rebuild the evidence;
-  when new verified cycles changed it a new evidence revision is stored.
+  when new verified cycles changed it a new evidence revision is stored. The same
+  happens automatically whenever an open request is shown (:func:`get_request` with
+  ``refresh``: the request page, the API, ``numex promote show``) and before every
+  sign-off, so a reviewer always sees, and signs, evidence covering every verified cycle.
 - :func:`rollback` — ops reinstate the previous operational candidate.
 
 **Stale approvals.** A sign-off is bound to the evidence revision it was given on.
@@ -905,10 +908,35 @@ def _request_view(session: Session, request: PromotionRequest, detail: bool = Tr
     return view
 
 
-def get_request(rt: Runtime, request_id: int) -> dict[str, Any]:
+#: Who records evidence rebuilt automatically (when a request is shown).
+AUTOMATIC = Actor.system("numex")
+
+
+def _refresh_if_changed(rt: Runtime, request_id: int) -> None:
+    """Store a new evidence revision if the evidence of an open request changed (no
+    execution: that takes someone's action). Skipped for closed requests."""
+    with rt.read() as session:
+        if _request(session, request_id).status != "open":
+            return
+    with rt.transaction() as session:
+        request = _request(session, request_id, lock=True)
+        if request.status == "open":
+            _freeze(session, request, _candidate_of(session, request), AUTOMATIC)
+
+
+def get_request(rt: Runtime, request_id: int, *, refresh: bool = False) -> dict[str, Any]:
     """One request: status, candidate, the current evidence (digest, checks with their
     numbers and any override, scorecard summary, lineage), every sign-off (marked when
-    given on earlier evidence, with what changed since), and what it still waits for."""
+    given on earlier evidence, with what changed since), and what it still waits for.
+
+    With ``refresh`` (the request page, ``GET /api/v1/promotion-requests/<id>`` and
+    ``numex promote show`` use it) an open request's evidence is rebuilt first, so what
+    is shown — and the digest a reviewer then signs — reflects every verified cycle; a
+    change is stored as a new revision, audited as ``promotion.evidence_changed`` by
+    ``numex``.
+    """
+    if refresh:
+        _refresh_if_changed(rt, request_id)
     with rt.read() as session:
         return _request_view(session, _request(session, request_id))
 

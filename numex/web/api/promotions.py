@@ -58,7 +58,8 @@ def inbox():
 
 @api.get("/promotion-requests/<int:request_id>")
 def get_promotion_request(request_id: int):
-    return jsonify(promotions.get_request(runtime(), request_id))
+    """The request, its evidence rebuilt first when it is open."""
+    return jsonify(promotions.get_request(runtime(), request_id, refresh=True))
 
 
 @api.get("/promotion-requests/<int:request_id>/evidence")

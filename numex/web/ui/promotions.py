@@ -105,9 +105,10 @@ def _render_request(
     sign_form: SignOffForm | None = None,
     withdraw_form: WithdrawForm | None = None,
     override_form: OverrideForm | None = None,
+    refresh: bool = False,
 ):
     rt, actor = runtime(), current_actor()
-    view = promotions.get_request(rt, request_id)
+    view = promotions.get_request(rt, request_id, refresh=refresh)
     refusal = promotions.may_sign(rt, request_id, actor)
     sign_form = sign_form or SignOffForm(formdata=None)
     sign_form.evidence_digest.data = view["evidence"]["digest"]
@@ -136,8 +137,9 @@ def _render_request(
 @bp.get("/requests/<int:request_id>")
 def show(request_id: int):
     """A request: checks with their numbers, evidence digest, scorecard summary, lineage,
-    sign-offs so far and the forms the signed-in user may use."""
-    return _render_request(request_id)
+    sign-offs so far and the forms the signed-in user may use. The evidence of an open
+    request is rebuilt first, so the page shows every verified cycle."""
+    return _render_request(request_id, refresh=True)
 
 
 def _refused(error: NumexError, request_id: int, **forms):
