@@ -356,6 +356,13 @@ def test_scheduler_once_runs_due_cycles_and_then_finds_nothing(runner, ticks):
     assert _count(ticks.rt, CycleRun) == N_CYCLES
 
 
+def test_scheduler_reports_a_routine_it_cannot_run_and_goes_on(runner, ticks):
+    (ticks.folder / "data.csv").unlink()
+    result = runner.invoke("scheduler", "--once")
+    assert result.exit_code == 1
+    assert "ticks: not run:" in result.stderr and "data.csv does not exist" in result.stderr
+
+
 def test_running_cycles_needs_the_ops_role(rt, ticks):
     scientist = Actor("sam", 1, frozenset({"scientist"}))
     with pytest.raises(PermissionDenied, match="needs role ops or admin"):

@@ -150,7 +150,11 @@ def list_(routine: str, page: int, per_page: int, status: str | None, as_json: b
     type=click.FloatRange(min=0.1),
     help="Seconds between passes.",
 )
-@click.option("--once", is_flag=True, help="One pass, then exit (1 if a cycle failed).")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="One pass, then exit (1 if a cycle failed or a routine could not run).",
+)
 @json_option
 def scheduler(interval: float, once: bool, as_json: bool) -> None:
     """Run due cycles of every routine, pass after pass.
@@ -167,22 +171,32 @@ def scheduler(interval: float, once: bool, as_json: bool) -> None:
     if not once and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     while True:
-        reports = cycles.run_due(rt, actor, progress=None if as_json else _echo_outcome)
-        failed = sum(len(r.failed) for r in reports)
-        if as_json:
-            emit([r.to_dict() for r in reports], True, lambda _d: None)
-        else:
-            ran = sum(len(r.outcomes) for r in reports)
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-            click.echo(
-                f"[{stamp}] scheduler pass: {len(reports)} routine(s), {ran} cycle window(s), "
-                f"{failed} failed",
-                err=True,
-            )
-        if once:
-            if failed:
-                sys.exit(1)
-            return
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        try:
+            reports = cycles.run_due(rt, actor, progress=None if as_json else _echo_outcome)
+        except Exception as error:  # e.g. the database is down: say so, try next pass
+            if once:
+                raise
+            click.echo(f"[{stamp}] scheduler pass failed: {error}", err=True)
+            reports = None
+        if reports is not None:
+            failed = sum(len(r.failed) for r in reports)
+            skipped = [r for r in reports if r.error]
+            if as_json:
+                emit([r.to_dict() for r in reports], True, lambda _d: None)
+            else:
+                for report in skipped:
+                    click.echo(f"[{stamp}] {report.message}", err=True)
+                ran = sum(len(r.outcomes) for r in reports)
+                click.echo(
+                    f"[{stamp}] scheduler pass: {len(reports)} routine(s), {ran} cycle "
+                    f"window(s), {failed} failed",
+                    err=True,
+                )
+            if once:
+                if failed or skipped:
+                    sys.exit(1)
+                return
         try:
             if stop.wait(interval):
                 return

@@ -69,7 +69,7 @@ from numex.db import (
     utcnow,
 )
 from numex.services import audit, forecasts
-from numex.services.errors import Conflict, InvalidInput, NotFound
+from numex.services.errors import Conflict, InvalidInput, NotFound, NumexError
 from numex.services.routines import get_routine
 from numex.services.runtime import Actor, Runtime
 
@@ -167,6 +167,8 @@ class BackfillReport:
 
     routine: str
     outcomes: list[CycleOutcome] = field(default_factory=list)
+    #: Why the routine's cycles could not be run at all (a scheduler pass goes on).
+    error: str | None = None
 
     def count(self, action: str) -> int:
         return sum(o.action == action for o in self.outcomes)
@@ -186,6 +188,8 @@ class BackfillReport:
 
     @property
     def message(self) -> str:
+        if self.error:
+            return f"{self.routine}: not run: {self.error}"
         ran = sum(o.action in ("ran", "rerun", "resumed") for o in self.outcomes)
         text = (
             f"{self.routine}: {len(self.outcomes)} cycle window(s): {ran} run, "
@@ -204,6 +208,7 @@ class BackfillReport:
             "message": self.message,
             "cycles": len(self.outcomes),
             "failed": len(self.failed),
+            "error": self.error,
             "outcomes": [o.to_dict() for o in self.outcomes],
         }
 
@@ -1167,12 +1172,16 @@ def run_due(
         ).all()
     reports = []
     for name in names:
-        windows = due_windows(rt, name, now)
-        if not windows:
-            reports.append(BackfillReport(name))
-            continue
-        data = _prepare(rt, name, actor)
-        reports.append(_run_windows(rt, name, data, windows, actor, progress))
+        try:
+            windows = due_windows(rt, name, now)
+            if not windows:
+                reports.append(BackfillReport(name))
+                continue
+            data = _prepare(rt, name, actor)
+            reports.append(_run_windows(rt, name, data, windows, actor, progress))
+        except (NumexError, ValueError) as error:  # this routine's problem; the others go on
+            log.error("scheduler: routine %s skipped: %s", name, error)
+            reports.append(BackfillReport(name, error=str(error)))
     return reports
 
 

@@ -37,7 +37,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from numex import specs
-from numex.db import Candidate, Case, Cycle, Forecast, Observation, PredictionRequest, Routine
+from numex.db import (
+    Candidate,
+    Case,
+    Cycle,
+    Forecast,
+    Observation,
+    PredictionRequest,
+    Routine,
+    utcnow,
+)
 from numex.services.errors import Conflict, InvalidInput
 
 #: ``Case.attributes`` key holding the segment values.
@@ -222,15 +231,18 @@ def _lookup_case_ids(
     if len(keys) == 0:
         return np.array([], dtype=np.int64)
     if valid_times is not None and len(keys) > _KEY_LOOKUP_LIMIT:
-        low = pd.Timestamp(valid_times.min()).to_pydatetime()
-        high = pd.Timestamp(valid_times.max()).to_pydatetime()
-        found.update(
-            session.execute(
-                select(Case.key, Case.id).where(
-                    Case.routine_id == routine_id, Case.valid_time.between(low, high)
-                )
-            ).all()
-        )
+        low, high = pd.Timestamp(valid_times.min()), pd.Timestamp(valid_times.max())
+        connection = session.connection()
+        if connection.dialect.name == "sqlite":
+            sql = "SELECT key, id FROM cases WHERE routine_id = ? AND valid_time BETWEEN ? AND ?"
+            bounds = (low.strftime(_SQLITE_TIME), high.strftime(_SQLITE_TIME))
+        else:
+            sql = "SELECT key, id FROM cases WHERE routine_id = %s AND valid_time BETWEEN %s AND %s"
+            bounds = (low.to_pydatetime(), high.to_pydatetime())
+        # Plain tuples from the driver: a cycle's worth of cases is read back in one go.
+        result = connection.exec_driver_sql(sql, (routine_id, *bounds))
+        found.update(result.cursor.fetchall())
+        result.close()
     wanted = [key for key in dict.fromkeys(keys.tolist()) if key not in found]
     for start in range(0, len(wanted), _IN_CHUNK):
         chunk = wanted[start : start + _IN_CHUNK]
@@ -438,7 +450,7 @@ def store_observations(
             session.connection().execute(
                 Observation.__table__.update()
                 .where(Observation.case_id == bindparam("b_case_id"))
-                .values(value=bindparam("b_value"), source=source, received_at=func.now()),
+                .values(value=bindparam("b_value"), source=source, received_at=utcnow()),
                 [
                     {"b_case_id": int(i), "b_value": float(v)}
                     for i, v in zip(ids[differ], vals[differ], strict=True)
@@ -493,8 +505,6 @@ def _insert_observations(
 ) -> None:
     if len(case_ids) == 0:
         return
-    from numex.db import utcnow
-
     now = utcnow()
     connection = session.connection()
     n = len(case_ids)
