@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import func, select
 
-from numex.db import Case, Cycle, PredictionRequest
+from numex.db import Case, Cycle, Forecast, Observation, PredictionRequest
 from numex.scoring.scorecard import build_scorecard
 from numex.services import cycles, forecasts
 from numex.services.errors import Conflict, InvalidInput
@@ -48,16 +48,53 @@ def test_upsert_cases_is_idempotent_and_keeps_row_order(rt, ticks):
     assert attributes == {"segments": {"lead": 2, "season": "DJF"}}
 
 
-def test_upsert_cases_by_valid_time_range_for_many_keys(rt, ticks):
-    days = pd.date_range("2019-01-01", periods=400, freq="D")
+def test_bulk_paths_for_many_rows_store_once_and_refuse_duplicates(rt, ticks):
+    # Enough rows for the bulk paths (COPY on PostgreSQL, by valid-time range lookups).
+    n_days = 700
+    days = pd.date_range("2019-01-01", periods=n_days, freq="D")
     frame = pd.DataFrame(
-        {"valid_time": np.repeat(days, 2), "lead": np.tile([1, 2], 400), "x": 1.0, "day": 1}
+        {"valid_time": np.repeat(days, 2), "lead": np.tile([1, 2], n_days), "x": 1.0, "day": 1}
     )
     with rt.transaction() as session:
         ids = forecasts.upsert_cases(session, _routine(session), frame)
+        request = _request(session, ticks.ids["op"], len(frame))
+        forecasts.store_forecasts(
+            session,
+            prediction_request_id=request,
+            candidate_id=ticks.ids["op"],
+            case_ids=ids,
+            values=np.arange(len(ids), dtype=float),
+        )
+        forecasts.store_routine_observations(session, ids, np.full(len(ids), 2.0))
     with rt.transaction() as session:
         again = forecasts.upsert_cases(session, _routine(session), frame)
-    assert len(set(ids)) == 800 and list(again) == list(ids)
+        forecasts.store_routine_observations(session, ids, np.full(len(ids), 3.0))  # kept: 2.0
+        observed = session.execute(
+            select(func.count(), func.sum(Observation.value)).select_from(Observation)
+        ).one()
+        stored = session.scalar(select(func.count()).select_from(Forecast))
+    assert len(set(ids)) == 2 * n_days and list(again) == list(ids)
+    assert tuple(observed) == (2 * n_days, 4.0 * n_days) and stored == 2 * n_days
+    with rt.transaction() as session, pytest.raises(Conflict, match="never overwritten"):
+        forecasts.store_forecasts(
+            session,
+            prediction_request_id=request,
+            candidate_id=ticks.ids["op"],
+            case_ids=ids,
+            values=np.zeros(len(ids)),
+        )
+
+
+def _request(session, operational_id: int, n_records: int) -> int:
+    request = PredictionRequest(
+        request_key=uuid.uuid4().hex,
+        routine_id=_routine(session).id,
+        operational_candidate_id=operational_id,
+        n_records=n_records,
+    )
+    session.add(request)
+    session.flush()
+    return request.id
 
 
 def test_a_case_given_twice_or_without_its_key_is_refused(rt, ticks):

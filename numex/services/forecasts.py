@@ -190,36 +190,23 @@ def upsert_cases(
 
 
 def _insert_cases(session: Session, routine_id: int, rows: CaseRows) -> None:
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        _copy_then_insert(
-            session,
-            "cases",
-            ["routine_id", "key", "valid_time", "attributes"],
-            ["bigint", "varchar", "timestamp", "json"],
-            zip(
-                [routine_id] * len(rows),
-                rows.keys.tolist(),
-                pd.DatetimeIndex(rows.valid_times).to_pydatetime().tolist(),
-                rows.attributes.tolist(),
-                strict=True,
-            ),
-            conflict="ON CONFLICT (routine_id, key) DO NOTHING",
-        )
-        return
-    times = pd.DatetimeIndex(rows.valid_times).strftime(_SQLITE_TIME).tolist()
-    connection.exec_driver_sql(
-        "INSERT INTO cases (routine_id, key, valid_time, attributes) VALUES (?, ?, ?, ?) "
-        "ON CONFLICT (routine_id, key) DO NOTHING",
+    times = pd.DatetimeIndex(rows.valid_times)
+    sqlite = session.connection().dialect.name == "sqlite"
+    _bulk_insert(
+        session,
+        "cases",
+        ["routine_id", "key", "valid_time", "attributes"],
+        ["bigint", "varchar", "timestamp", "json"],
         list(
             zip(
                 [routine_id] * len(rows),
                 rows.keys.tolist(),
-                times,
+                times.strftime(_SQLITE_TIME).tolist() if sqlite else times.to_pydatetime().tolist(),
                 rows.attributes.tolist(),
                 strict=True,
             )
         ),
+        conflict="ON CONFLICT (routine_id, key) DO NOTHING",
     )
 
 
@@ -350,24 +337,24 @@ def insert_forecast_rows(
         return
     cycles = [None if v < 0 else v for v in cycle_ids.tolist()]
     requests = [None if v < 0 else v for v in prediction_request_ids.tolist()]
-    rows = zip(
-        cycles, requests, candidate_ids.tolist(), case_ids.tolist(), values.tolist(), strict=True
+    rows = list(
+        zip(
+            cycles,
+            requests,
+            candidate_ids.tolist(),
+            case_ids.tolist(),
+            values.tolist(),
+            strict=True,
+        )
     )
-    connection = session.connection()
     try:
-        if connection.dialect.name == "postgresql":
-            _copy(
-                session,
-                "forecasts",
-                ["cycle_id", "prediction_request_id", "candidate_id", "case_id", "value"],
-                rows,
-            )
-        else:
-            connection.exec_driver_sql(
-                "INSERT INTO forecasts (cycle_id, prediction_request_id, candidate_id, case_id, "
-                "value) VALUES (?, ?, ?, ?, ?)",
-                list(rows),
-            )
+        _bulk_insert(
+            session,
+            "forecasts",
+            ["cycle_id", "prediction_request_id", "candidate_id", "case_id", "value"],
+            ["bigint", "bigint", "bigint", "bigint", "double precision"],
+            rows,
+        )
     except (IntegrityError, _driver_integrity_error()) as error:
         raise Conflict(
             "some of these forecasts are already stored (same origin, candidate and case); "
@@ -506,35 +493,23 @@ def _insert_observations(
     if len(case_ids) == 0:
         return
     now = utcnow()
-    connection = session.connection()
     n = len(case_ids)
-    if connection.dialect.name == "postgresql":
-        rows = zip(case_ids.tolist(), values.tolist(), [source] * n, [now] * n, strict=True)
-        columns = ["case_id", "value", "source", "received_at"]
-        if skip_existing:
-            _copy_then_insert(
-                session,
-                "observations",
-                columns,
-                ["bigint", "double precision", "varchar", "timestamp"],
-                rows,
-                conflict="ON CONFLICT (case_id) DO NOTHING",
-            )
-        else:
-            _copy(session, "observations", columns, rows)
-        return
-    connection.exec_driver_sql(
-        "INSERT INTO observations (case_id, value, source, received_at) VALUES (?, ?, ?, ?)"
-        + (" ON CONFLICT (case_id) DO NOTHING" if skip_existing else ""),
+    sqlite = session.connection().dialect.name == "sqlite"
+    _bulk_insert(
+        session,
+        "observations",
+        ["case_id", "value", "source", "received_at"],
+        ["bigint", "double precision", "varchar", "timestamp"],
         list(
             zip(
                 case_ids.tolist(),
                 values.tolist(),
                 [source] * n,
-                [now.strftime(_SQLITE_TIME)] * n,
+                [now.strftime(_SQLITE_TIME) if sqlite else now] * n,
                 strict=True,
             )
         ),
+        conflict="ON CONFLICT (case_id) DO NOTHING" if skip_existing else "",
     )
 
 
@@ -549,7 +524,39 @@ def store_routine_observations(session: Session, case_ids: np.ndarray, values: n
     return int(keep.sum())
 
 
-# --- PostgreSQL COPY ----------------------------------------------------------------------
+# --- bulk paths -------------------------------------------------------------------------
+
+#: From this many rows on, PostgreSQL gets COPY; fewer (an online request) go as one
+#: executemany, which costs less than setting up a COPY.
+_COPY_FROM = 1000
+
+
+def _bulk_insert(
+    session: Session,
+    table: str,
+    columns: Sequence[str],
+    types: Sequence[str],
+    rows: list[tuple],
+    *,
+    conflict: str = "",
+) -> None:
+    """Insert ``rows`` (tuples in ``columns`` order; times as SQLite text or datetimes) in
+    the session's transaction by the fastest plain path of the backend: executemany on
+    SQLite, COPY on PostgreSQL (through a temporary table when ``conflict`` is given)."""
+    if not rows:
+        return
+    connection = session.connection()
+    postgres = connection.dialect.name == "postgresql"
+    if postgres and len(rows) >= _COPY_FROM:
+        if conflict:
+            _copy_then_insert(session, table, columns, types, rows, conflict=conflict)
+        else:
+            _copy(session, table, columns, rows)
+        return
+    marks = ", ".join(["%s" if postgres else "?"] * len(columns))
+    connection.exec_driver_sql(
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({marks}) {conflict}".rstrip(), rows
+    )
 
 
 def _driver_integrity_error() -> type[Exception]:
