@@ -479,3 +479,12 @@ def test_api_per_role(client, rt, cast, token_for, role, method, url, expected):
     else:
         answer = client.post(path, json=API_DATA[method], headers=headers)
     assert answer.status_code == expected, answer.json
+
+
+def test_request_page_links_the_full_scorecard(client, auth, world):
+    view = _request(world)
+    auth.login("rita")
+    page = client.get(f"/requests/{view['id']}").text
+    link = re.search(r'href="([^"]+)" id="full-scorecard"', page).group(1).replace("&amp;", "&")
+    scorecard = client.get(link)
+    assert scorecard.status_code == 200 and "ridge" in scorecard.text
