@@ -393,3 +393,13 @@ def test_candidate_may_be_named_by_id_name_or_hash_id(rt, world):
     assert math.isclose(
         by_name.scorecard.cell("rmse").p_value, by_id.scorecard.cell("rmse").p_value
     )
+
+
+def test_a_routine_without_candidates_says_there_is_nothing_to_score(client, auth, rt, cast):
+    from tests.promotion_fixtures import make_routine
+
+    make_routine(rt, name="empty")
+    auth.login("vic")
+    response = client.get("/routines/empty/scorecard")
+    assert response.status_code == 200
+    assert "empty has no candidate to score yet" in response.text
