@@ -113,6 +113,16 @@ def test_nan_infinite_and_wrong_length_forecasts_are_failures(rt, ticks, model, 
     assert stored == 0
 
 
+def test_a_candidate_whose_model_cannot_be_loaded_fails_in_each_cycle(rt, ticks, tmp_path):
+    ticks.models["missing"] = str(tmp_path / "no-such-model")
+    gone = ticks.add("gone", "missing")
+    report = cycles.backfill(rt, ROUTINE, "2021-01-10", "2021-01-11", OPS)
+    assert not report.failed
+    results = _results(rt, gone)
+    assert {status for status, _, _ in results.values()} == {"failed"}
+    assert all(error.startswith("cannot load model: ") for _, error, _ in results.values())
+
+
 def test_a_candidate_that_times_out_fails_without_holding_up_the_cycle(rt, ticks):
     rt.settings.candidate_timeout_s = 0.3
     slow = ticks.add("slow", "sleeps")

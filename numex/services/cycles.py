@@ -548,9 +548,19 @@ def _claim(
                 and_(Cycle.status == "pending", Cycle.locked_by.is_(None)),
                 and_(Cycle.status == "running", Cycle.locked_at < stale),
             )
+        candidates = [c.id for c in rows.values()]
+        if session.get_bind().dialect.name == "postgresql":
+            # Lock what is claimable now and skip rows another claimer holds: no waiting
+            # on, and no deadlock with, a scheduler claiming an overlapping batch.
+            candidates = session.scalars(
+                select(Cycle.id)
+                .where(Cycle.id.in_(candidates), claimable)
+                .order_by(Cycle.id)
+                .with_for_update(skip_locked=True)
+            ).all()
         claimed_rows = session.execute(
             update(Cycle)
-            .where(Cycle.id.in_([c.id for c in rows.values()]), claimable)
+            .where(Cycle.id.in_(candidates), claimable)
             .values(
                 locked_by=token,
                 locked_at=now,
@@ -698,14 +708,15 @@ def _forecast(
             continue
         features = list(runner.features or data.spec.features)
         missing = [f for f in features if f not in data.frame.columns]
-        try:
-            if missing:
-                raise ValueError(
-                    f"needs column(s) {', '.join(missing)} that the routine data does not have"
-                )
-            model = mlflow_bridge.load_model(rt.settings, runner.model_uri)
-        except Exception as error:  # cannot load: a failure of this candidate in each cycle
-            message = f"cannot load model: {_describe(error)}"
+        message = None
+        if missing:
+            message = f"needs column(s) {', '.join(missing)} that the routine data does not have"
+        else:
+            try:
+                model = mlflow_bridge.load_model(rt.settings, runner.model_uri)
+            except Exception as error:  # cannot load: this candidate fails in each cycle
+                message = f"cannot load model: {_describe(error)}"
+        if message is not None:
             for c in wanted:
                 predictions[c.cycle_id, runner.id] = _Prediction(error=message)
             continue
