@@ -530,3 +530,38 @@ def test_list_requests_filters_by_status(world):
     assert [r["id"] for r in promotions.list_requests(world.rt, "open")] == [second["id"]]
     with pytest.raises(InvalidInput, match="valid: open"):
         promotions.list_requests(world.rt, "pending")
+
+
+def test_a_rollback_and_a_completing_approval_at_the_same_moment_both_succeed(world):
+    from tests.promotion_fixtures import add_candidate, add_cycles
+
+    _promote(world)  # ridge operational, persistence retired
+    gbm = add_candidate(world.rt, world.routine_id, "gbm", "parallel", rmse=0.5)
+    add_cycles(world.rt, world.routine_id, {world.parallel: 3.0, gbm: 1.0}, 40, seed=7)
+    view = _request(world, candidate=gbm)
+    _sign(world, view["id"], "rita")
+    barrier = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def act(action):
+        try:
+            barrier.wait(timeout=10)
+            action()
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    approve = lambda: _sign(world, view["id"], "remy")  # noqa: E731
+    roll_back = lambda: promotions.rollback(world.rt, "tiny", world.actor("olga"), "drift")  # noqa: E731
+    threads = [threading.Thread(target=act, args=(a,)) for a in (approve, roll_back)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert promotions.get_request(world.rt, view["id"])["status"] == "executed"
+    stages = [world.stage(c) for c in (world.operational, world.parallel, gbm)]
+    assert stages.count("operational") == 1
+    with world.rt.read() as session:
+        kinds = [t.kind for t in session.scalars(select(StageTransition))]
+        assert kinds.count("rollback") == 1 and kinds.count("promotion") == 2
+    assert audit.verify(world.rt).ok

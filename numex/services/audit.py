@@ -51,6 +51,14 @@ def _chain(prev_hash: str, event: AuditEvent) -> str:
     return "sha256:" + hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
+def lock_chain(session: Session) -> None:
+    """Take the chain's append lock now (PostgreSQL; SQLite transactions already run one
+    at a time). :func:`record` takes it anyway; a service that will also lock rows takes
+    it first so its locks come in one order and two decisions cannot deadlock."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK})
+
+
 def record(
     session: Session,
     actor: Actor,
@@ -62,8 +70,7 @@ def record(
 ) -> AuditEvent:
     """Append one event in ``session``'s transaction (the caller's change and its record
     commit or roll back together)."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK})
+    lock_chain(session)
     last = session.execute(
         select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
     ).first()

@@ -33,6 +33,12 @@ the new evidence are needed. A reject always counts: it closes the request.
 transaction; the stage change runs in that transaction through
 :func:`numex.services.stages.move`, so however many reviewers approve at the same
 moment, the promotion executes once.
+
+**Lock order** (PostgreSQL): a promotion request row, then the audit chain's advisory
+lock (:func:`numex.services.audit.lock_chain`), then candidate rows. Functions that
+move a stage take the chain lock before they lock any candidate, and a function that
+touches several requests does each in its own transaction, so two decisions never wait
+on each other in a circle.
 """
 
 from __future__ import annotations
@@ -270,6 +276,7 @@ def _execute_if_ready(
     overrides = _overrides(session, request)
     if len(approvals) < request.required_sign_offs or _failing_checks(current, overrides):
         return False
+    audit.lock_chain(session)
     candidate = _candidate_of(session, request, lock=True)
     if candidate.stage != request.from_stage:
         raise Conflict(
@@ -338,6 +345,7 @@ def request_promotion(
     if target not in TARGETS:
         raise InvalidInput(f"target stage {target!r} is not valid; valid: {', '.join(TARGETS)}")
     with rt.transaction() as session:
+        audit.lock_chain(session)
         candidate = find_candidate(session, candidate_id, lock=True)
         expected = next_stage(candidate.stage)
         if expected is None:
@@ -494,6 +502,7 @@ def _close_rejected(
 ) -> None:
     request.status = "rejected"
     request.closed_at = utcnow()
+    audit.lock_chain(session)
     candidate = _candidate_of(session, request, lock=True)
     if candidate.stage == request.from_stage:
         stages.move(
@@ -630,19 +639,24 @@ def refresh_open_requests(
     rt: Runtime, actor: Actor, routine: str | None = None
 ) -> list[dict[str, Any]]:
     """Rebuild the evidence of every open request (of ``routine``, if given), e.g. after
-    cycles were verified. Returns ``{"request_id", "digest", "changes"}`` for each
-    request whose evidence changed."""
+    cycles were verified; each request in its own transaction (see "Lock order").
+    Returns ``{"request_id", "digest", "changes"}`` for each request whose evidence
+    changed."""
     actor.require("scientist", "reviewer", "ops", "admin", to="refresh evidence")
-    changed = []
-    with rt.transaction() as session:
+    with rt.read() as session:
         query = select(PromotionRequest.id).where(PromotionRequest.status == "open")
         if routine is not None:
             routine_id = get_routine(session, routine).id
             query = query.join(Candidate, PromotionRequest.candidate_id == Candidate.id).where(
                 Candidate.routine_id == routine_id
             )
-        for request_id in session.scalars(query.order_by(PromotionRequest.id)).all():
+        request_ids = session.scalars(query.order_by(PromotionRequest.id)).all()
+    changed = []
+    for request_id in request_ids:
+        with rt.transaction() as session:
             request = _request(session, request_id, lock=True)
+            if request.status != "open":  # closed meanwhile
+                continue
             candidate = _candidate_of(session, request)
             current, previous = _freeze(session, request, candidate, actor)
             if previous is not None:
@@ -693,6 +707,7 @@ def rollback(rt: Runtime, routine: str, actor: Actor, reason: str) -> dict[str, 
     actor.require("ops", to="roll back a routine")
     reason = _text(reason, "reason", "say why the routine is rolled back")
     with rt.transaction() as session:
+        audit.lock_chain(session)
         routine_row = get_routine(session, routine)
         current = stages.operational_of(session, routine_row.id, lock=True)
         previous = _previous_operational(session, routine_row.id, lock=True)
