@@ -92,8 +92,8 @@ def write_routine(folder: Path, n_cases: int) -> Path:
             "f3": rng.normal(5, 2, n_cases),
         }
     )
-    frame["y"] = 0.8 * frame["f1"] - 0.3 * frame["f2"] + 0.1 * frame["f3"] + rng.normal(
-        0, 1, n_cases
+    frame["y"] = (
+        0.8 * frame["f1"] - 0.3 * frame["f2"] + 0.1 * frame["f3"] + rng.normal(0, 1, n_cases)
     )
     folder = folder / "bench-cycle"
     folder.mkdir(parents=True)
@@ -371,7 +371,9 @@ def main() -> None:
         lines = bench_backend("SQLite", None, args.repeats, home, folder, models, data)
         print("\n".join(lines))
         if args.postgres:
-            pg = bench_backend("PostgreSQL", args.postgres, args.repeats, home, folder, models, data)
+            pg = bench_backend(
+                "PostgreSQL", args.postgres, args.repeats, home, folder, models, data
+            )
             print("\n".join(pg))
             lines += pg
     machine = (

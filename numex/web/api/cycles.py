@@ -99,7 +99,7 @@ def post_observations(routine: str):
     body = request.get_json(silent=True)
     if body is None:
         raise InvalidInput(
-            'send JSON records with Content-Type: application/json: [{...}, ...] or '
+            "send JSON records with Content-Type: application/json: [{...}, ...] or "
             '{"records": [{...}, ...]}'
         )
     actor = current_actor()
