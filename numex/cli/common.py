@@ -10,6 +10,7 @@ from datetime import date, datetime
 from typing import Any
 
 import click
+from sqlalchemy.exc import OperationalError, ProgrammingError
 
 from numex.services.errors import NumexError
 from numex.services.runtime import Actor, Runtime
@@ -24,6 +25,15 @@ class NumexGroup(click.Group):
         except NumexError as error:
             click.echo(f"error: {error.message}", err=True)
             sys.exit(1)
+        except (OperationalError, ProgrammingError) as error:
+            if not _missing_schema(error):
+                raise
+            click.echo(
+                "error: the database has no numex schema (or an old one): "
+                "run `numex db upgrade` first",
+                err=True,
+            )
+            sys.exit(1)
         except ValueError as error:
             # Spec validation (numex.specs.SpecError) and lifecycle refusals are ValueErrors
             # whose message is written for the user.
@@ -31,6 +41,11 @@ class NumexGroup(click.Group):
                 click.echo(f"error: {error}", err=True)
                 sys.exit(1)
             raise
+
+
+def _missing_schema(error: Exception) -> bool:
+    text = str(error).lower()
+    return "no such table" in text or ("relation" in text and "does not exist" in text)
 
 
 def get_runtime(ctx: click.Context | None = None) -> Runtime:
