@@ -175,8 +175,10 @@ def upsert_cases(
     rows = frame if isinstance(frame, CaseRows) else case_rows(frame, spec or _spec(routine))
     if len(rows) == 0:
         return np.array([], dtype=np.int64)
-    repeated = pd.Series(rows.keys).duplicated()
-    if repeated.any():
+    repeated = (
+        pd.Series(rows.keys).duplicated() if len(set(rows.keys.tolist())) < len(rows) else None
+    )
+    if repeated is not None:
         example = rows.keys[repeated.to_numpy()][0]
         raise InvalidInput(
             f"{int(repeated.sum())} case(s) are given more than once, e.g. {example!r}; "
@@ -231,14 +233,15 @@ def _lookup_case_ids(
         found.update(result.cursor.fetchall())
         result.close()
     wanted = [key for key in dict.fromkeys(keys.tolist()) if key not in found]
+    connection = session.connection()  # Core rows: no ORM processing for two columns
     for start in range(0, len(wanted), _IN_CHUNK):
         chunk = wanted[start : start + _IN_CHUNK]
         found.update(
-            session.execute(
+            connection.execute(
                 select(Case.key, Case.id).where(Case.routine_id == routine_id, Case.key.in_(chunk))
             ).all()
         )
-    return pd.Series(keys, dtype=object).map(found).fillna(-1).to_numpy(dtype=np.int64)
+    return np.fromiter((found.get(key, -1) for key in keys.tolist()), np.int64, len(keys))
 
 
 # --- forecasts ----------------------------------------------------------------------------
