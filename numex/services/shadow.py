@@ -27,6 +27,7 @@ metrics, shown by ``GET /api/v1/shadow/stats`` and ``/metrics``. With several pr
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import math
@@ -36,7 +37,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -44,11 +45,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy import func, insert, literal, select, update
+from sqlalchemy import DateTime, bindparam, select, text, update
 from sqlalchemy.orm import Session
 
 from numex import mlflow_bridge, specs
-from numex.db import Candidate, Forecast, PredictionRequest, Routine, RoutineVersion
+from numex.db import Candidate, Forecast, PredictionRequest, Routine, utcnow
 from numex.services import forecasts
 from numex.services.errors import Conflict, InvalidInput, NotFound, NumexError
 from numex.services.routines import get_routine
@@ -64,6 +65,10 @@ MAX_RECORDS = 10_000
 MAX_REPORTED = 100
 #: Jobs one worker thread forecasts and stores together (one transaction).
 BATCH_SIZE = 64
+#: The longest a worker thread waits for a gap between requests before each step.
+MAX_YIELD_S = 0.05
+#: How long a worker thread lets a batch gather after taking its first job.
+LINGER_S = 0.25
 #: Shadow statuses of a prediction request.
 SHADOW_STATUSES = ("none", "queued", "dropped", "done", "failed")
 
@@ -156,18 +161,25 @@ def _served(candidate: Candidate) -> ServedCandidate:
     )
 
 
-def _fingerprint_query(routine_id: int):
-    candidates = select(Candidate.id, Candidate.stage).where(
-        Candidate.routine_id == routine_id, Candidate.stage.in_(("operational", "parallel"))
-    )
-    version = select(func.max(RoutineVersion.id), literal("version")).where(
-        RoutineVersion.routine_id == routine_id
-    )
-    return candidates.union_all(version)
+# The request path's own statements are plain SQL compiled once: building them with the
+# expression language costs more than running them.
+_FINGERPRINT = text(
+    "SELECT id, stage FROM candidates WHERE routine_id = :routine_id"
+    " AND stage IN ('operational', 'parallel')"
+    " UNION ALL SELECT max(id), 'version' FROM routine_versions WHERE routine_id = :routine_id"
+)
+_INSERT_REQUEST = text(
+    "INSERT INTO prediction_requests (request_key, routine_id, operational_candidate_id,"
+    " n_records, shadow_status, created_at) VALUES (:request_key, :routine_id,"
+    " :operational_candidate_id, :n_records, :shadow_status, :created_at) RETURNING id"
+).bindparams(bindparam("created_at", type_=DateTime()))
 
 
 def _fingerprint(session: Session, routine_id: int) -> frozenset[tuple[int, str]]:
-    return frozenset((row[0], row[1]) for row in session.execute(_fingerprint_query(routine_id)))
+    """The routine's operational and parallel candidates (id, stage) and its current
+    definition version: what a snapshot is valid for."""
+    rows = session.execute(_FINGERPRINT, {"routine_id": routine_id})
+    return frozenset((row[0], row[1]) for row in rows)
 
 
 def _load_snapshot(rt: Runtime, routine_name: str) -> Snapshot:
@@ -487,6 +499,11 @@ def predict(
     """
     actor.require(*PREDICT_ROLES, to="request forecasts")
     worker = worker or worker_for(rt)
+    with worker.serving():
+        return _predict(rt, routine, records, worker)
+
+
+def _predict(rt: Runtime, routine: str, records: Any, worker: ShadowWorker) -> PredictResult:
     for attempt in range(3):
         snap = snapshot(rt, routine, refresh=attempt > 0)
         valid = validate_records(records, snap)
@@ -549,17 +566,17 @@ def _store(
             else:
                 job.case_ids = case_ids
                 status = "queued" if worker.offer(job) else "dropped"
-            request_id = session.scalar(
-                insert(PredictionRequest)
-                .values(
-                    request_key=request_key,
-                    routine_id=snap.routine_id,
-                    operational_candidate_id=snap.operational.id,
-                    n_records=len(records),
-                    shadow_status=status,
-                )
-                .returning(PredictionRequest.id)
-            )
+            request_id = session.execute(
+                _INSERT_REQUEST,
+                {
+                    "request_key": request_key,
+                    "routine_id": snap.routine_id,
+                    "operational_candidate_id": snap.operational.id,
+                    "n_records": len(records),
+                    "shadow_status": status,
+                    "created_at": utcnow(),
+                },
+            ).scalar_one()
             if job is not None:
                 job.request_id = request_id
             forecasts.store_forecasts(
@@ -695,11 +712,20 @@ class ShadowWorker:
         queue_size: int | None = None,
         threads: int | None = None,
         batch_size: int = BATCH_SIZE,
+        max_yield_s: float = MAX_YIELD_S,
+        linger_s: float = LINGER_S,
     ) -> None:
         self.rt = rt
         self.capacity = max(1, queue_size or rt.settings.shadow_queue_size)
         self.n_threads = max(1, threads or rt.settings.shadow_workers)
         self.batch_size = max(1, batch_size)
+        self.max_yield_s = max_yield_s
+        self.linger_s = linger_s
+        # Requests being served in this process: the threads yield to them (see serving).
+        self._serving = 0
+        self._serving_lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
         self.stats = ShadowStats(self.capacity)
         self._queue: queue.Queue[ShadowJob] = queue.Queue(maxsize=self.capacity)
         self._threads: list[threading.Thread] = []
@@ -776,6 +802,26 @@ class ShadowWorker:
 
     # -- the request side
 
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Mark a request being served. The threads start each step (a candidate's
+        forecast, a store) only when no request is in flight in this process, or after
+        ``max_yield_s`` at most: shadow work fills the gaps between requests instead of
+        competing with them for the interpreter."""
+        with self._serving_lock:
+            self._serving += 1
+            self._idle.clear()
+        try:
+            yield
+        finally:
+            with self._serving_lock:
+                self._serving -= 1
+                if self._serving == 0:
+                    self._idle.set()
+
+    def _yield_to_requests(self) -> None:
+        self._idle.wait(self.max_yield_s)
+
     def offer(self, job: ShadowJob) -> bool:
         """Queue ``job`` without waiting; False (and counted as dropped) when full."""
         if not self.running:
@@ -801,12 +847,21 @@ class ShadowWorker:
                 first = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
+            # Let a batch gather (one model call per candidate and one transaction serve
+            # them all), then wait for a gap between requests.
             batch = [first]
-            while len(batch) < self.batch_size:
+            deadline = time.monotonic() + self.linger_s
+            while len(batch) < self.batch_size and batch[-1] is not _WAKE:
+                remaining = deadline - time.monotonic()
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(
+                        self._queue.get(timeout=remaining)
+                        if remaining > 0
+                        else self._queue.get_nowait()
+                    )
                 except queue.Empty:
                     break
+            self._yield_to_requests()
             try:
                 self._process([job for job in batch if job is not _WAKE])
             except Exception:  # never let one batch end the thread
@@ -834,6 +889,7 @@ class ShadowWorker:
             for candidate in job.candidates:
                 by_candidate.setdefault(candidate.id, (candidate, []))[1].append(job)
         for candidate, its_jobs in by_candidate.values():
+            self._yield_to_requests()
             for job, result in self._forecast_jobs(candidate, its_jobs):
                 outcomes[job.request_id][candidate.id] = result
         rows: list[tuple[int, int, Sequence[int], np.ndarray]] = []
@@ -848,6 +904,7 @@ class ShadowWorker:
                 else:
                     rows.append((job.request_id, candidate.id, job.case_ids, result))
             statuses[job.request_id] = "failed" if failed else "done"
+        self._yield_to_requests()
         try:
             with self.rt.transaction() as session:
                 for request_id, candidate_id, case_ids, values in rows:
@@ -1013,6 +1070,12 @@ def _stop_all() -> None:
             worker.stop(timeout=2.0)
         except Exception:  # at exit, report and go on
             log.exception("stopping the shadow worker failed")
+    if _multiproc_dir():
+        # This process's queue depth leaves the live sum (its counters stay counted).
+        from prometheus_client import multiprocess
+
+        with contextlib.suppress(Exception):
+            multiprocess.mark_process_dead(os.getpid())
 
 
 # --- reading a request back ------------------------------------------------------------
