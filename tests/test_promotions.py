@@ -532,7 +532,7 @@ def test_list_requests_filters_by_status(world):
         promotions.list_requests(world.rt, "pending")
 
 
-def test_a_rollback_and_a_completing_approval_at_the_same_moment_both_succeed(world):
+def test_a_rollback_and_a_completing_approval_at_the_same_moment_leave_one_operational(world):
     from tests.promotion_fixtures import add_candidate, add_cycles
 
     _promote(world)  # ridge operational, persistence retired
@@ -558,10 +558,35 @@ def test_a_rollback_and_a_completing_approval_at_the_same_moment_both_succeed(wo
     for thread in threads:
         thread.join(timeout=60)
     assert errors == []
-    assert promotions.get_request(world.rt, view["id"])["status"] == "executed"
+    after = promotions.get_request(world.rt, view["id"])
     stages = [world.stage(c) for c in (world.operational, world.parallel, gbm)]
     assert stages.count("operational") == 1
     with world.rt.read() as session:
         kinds = [t.kind for t in session.scalars(select(StageTransition))]
-        assert kinds.count("rollback") == 1 and kinds.count("promotion") == 2
+    assert kinds.count("rollback") == 1
+    if after["status"] == "executed":  # the approval came first, then the rollback
+        assert kinds.count("promotion") == 2
+    else:  # the rollback came first: a new reference, so rita's approval went stale
+        assert after["status"] == "open" and kinds.count("promotion") == 1
+        assert after["evidence"]["reference"]["name"] == "persistence"
+        assert [s["counts"] for s in after["sign_offs"]] == [False, True]
     assert audit.verify(world.rt).ok
+
+
+def test_a_new_operational_reference_makes_earlier_approvals_stale(world):
+    from tests.promotion_fixtures import add_candidate, add_cycles
+
+    _promote(world)  # ridge operational, persistence retired
+    gbm = add_candidate(world.rt, world.routine_id, "gbm", "parallel", rmse=0.5)
+    add_cycles(world.rt, world.routine_id, {world.parallel: 3.0, gbm: 1.0}, 40, seed=7)
+    view = _request(world, candidate=gbm)
+    assert view["evidence"]["reference"]["name"] == "ridge"
+    _sign(world, view["id"], "rita")
+    promotions.rollback(world.rt, "tiny", world.actor("olga"), "ridge drifts")
+    after = _sign(world, view["id"], "remy")
+    assert after["status"] == "open" and after["approvals"] == 1
+    assert after["evidence"]["reference"]["name"] == "persistence"
+    rita = after["sign_offs"][0]
+    assert not rita["counts"]
+    assert {"item": "reference", "before": f"ridge (#{world.parallel})",
+            "after": f"persistence (#{world.operational})"} in rita["changes_since"]  # fmt: skip
