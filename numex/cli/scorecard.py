@@ -5,37 +5,17 @@ Reading a scorecard needs only database access, like ``numex candidate show``.
 
 from __future__ import annotations
 
-import math
-from datetime import datetime, time
-
 import click
 
 from numex.cli.common import get_runtime
 from numex.scoring import METHODS, OVERALL, Cell, Scorecard
-from numex.services.scorecards import Comparison
+from numex.services.scorecards import Comparison, level_text
 
 FORMATS = ("table", "json", "csv")
 
 
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.1f}%"
-
-
-def _level(level: float | None) -> str:
-    """A confidence level in percent with enough digits to tell 99.7 % from 99.79 %."""
-    if level is None:
-        return "n/a"
-    missing = 100.0 * (1.0 - level)
-    decimals = max(0, 1 - math.floor(math.log10(missing))) if missing > 0 else 0
-    return f"{100.0 * level:.{decimals}f}".rstrip("0").rstrip(".") + " %"
-
-
-def _when(value: datetime | None) -> str:
-    if value is None:
-        return ""
-    if value.time() == time():
-        return value.date().isoformat()
-    return value.isoformat(timespec="minutes")
 
 
 def grid_text(card: Scorecard) -> str:
@@ -59,18 +39,6 @@ def grid_text(card: Scorecard) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _period(comparison: Comparison) -> str:
-    card = comparison.scorecard
-    cycles = card.series[0].cycles if card.series and card.series[0].cycles else ()
-    if comparison.start is None and comparison.end is None:
-        asked = "every cycle"
-    else:
-        asked = f"cycles from {_when(comparison.start) or 'the first'}"
-        asked += f" to before {_when(comparison.end)}" if comparison.end else " on"
-    held = f" ({str(cycles[0])[:10]} … {str(cycles[-1])[:10]})" if cycles else ""
-    return asked + held
-
-
 def render_table(comparison: Comparison) -> None:
     """The scorecard for people: header, grid, legend, family-wise levels, exclusions,
     counts and digest."""
@@ -81,7 +49,7 @@ def render_table(comparison: Comparison) -> None:
         f"{r['name']} (#{r['id']}, {r['stage']})"
     )
     click.echo(
-        f"period: {_period(comparison)} · method {card.method} · "
+        f"period: {comparison.period_text} · method {card.method} · "
         f"{card.n_cycles} cycles · {card.n_cases} paired cases"
     )
     if card.n_cases == 0:
@@ -98,10 +66,10 @@ def render_table(comparison: Comparison) -> None:
         for family in card.family.levels:
             click.echo(
                 f"family-wise: {card.family.size} assessed cells; each at "
-                f"{_level(family.level)} → all {card.family.size} at once "
-                f"{_level(family.familywise_if_unadjusted)}; a family-wise "
-                f"{_level(family.level)} needs each cell at {_level(family.per_cell_level)} "
-                "(Šidák)"
+                f"{level_text(family.level)} → all {card.family.size} at once "
+                f"{level_text(family.familywise_if_unadjusted)}; a family-wise "
+                f"{level_text(family.level)} needs each cell at "
+                f"{level_text(family.per_cell_level)} (Šidák)"
             )
     else:
         click.echo("family-wise: no cell has enough effective cycles for a verdict")

@@ -7,9 +7,10 @@ a promotion request all call it, so they cannot disagree.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from functools import cached_property
 from typing import Any
 
@@ -251,6 +252,36 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         """The scorecard's dict plus its content digest (what the API returns)."""
         return {**self.scorecard.to_dict(), "digest": self.digest}
+
+    @property
+    def period_text(self) -> str:
+        """The period asked for and the cycles it holds, e.g. "every cycle (2014-01-01 …
+        2015-12-31)"; the same words on the page and in the CLI."""
+        card = self.scorecard
+        cycles = card.series[0].cycles if card.series and card.series[0].cycles else ()
+        held = f"{str(cycles[0])[:10]} … {str(cycles[-1])[:10]}" if cycles else "no cycles"
+        if self.start is None and self.end is None:
+            return f"every cycle ({held})"
+        asked = f"cycles from {_when(self.start) or 'the first'}"
+        asked += f" to before {_when(self.end)}" if self.end else " on"
+        return f"{asked} ({held})"
+
+
+def level_text(level: float | None, missing: str = "n/a") -> str:
+    """A confidence level in percent with enough digits to tell 99.7 % from 99.79 %."""
+    if level is None:
+        return missing
+    short = 100.0 * (1.0 - level)
+    decimals = max(0, 1 - math.floor(math.log10(short))) if short > 0 else 0
+    return f"{100.0 * level:.{decimals}f}".rstrip("0").rstrip(".") + " %"
+
+
+def _when(value: datetime | None) -> str:
+    if value is None:
+        return ""
+    if value.time() == time():
+        return value.date().isoformat()
+    return value.isoformat(timespec="minutes")
 
 
 def compare(

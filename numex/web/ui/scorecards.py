@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, time
 from typing import Any
 
 from flask import Blueprint, Response, render_template, request
@@ -26,6 +25,7 @@ from numex.scoring.scorecard import (
 )
 from numex.services import scorecards
 from numex.services.errors import InvalidInput
+from numex.services.scorecards import level_text
 from numex.web.context import runtime
 
 bp = Blueprint("scorecards", __name__, url_prefix="/routines")
@@ -74,23 +74,6 @@ def _p(value: float | None) -> str:
     return f"{value:.2g}" if value >= 1e-4 else "< 0.0001"
 
 
-def _level(level: float | None) -> str:
-    """A confidence level in percent with enough digits to tell 99.7 % from 99.79 %."""
-    if level is None:
-        return "—"
-    missing = 100.0 * (1.0 - level)
-    decimals = max(0, 1 - math.floor(math.log10(missing))) if missing > 0 else 0
-    return f"{100.0 * level:.{decimals}f}".rstrip("0").rstrip(".") + " %"
-
-
-def _when(value: datetime | None) -> str:
-    if value is None:
-        return ""
-    if value.time() == time():
-        return value.date().isoformat()
-    return value.isoformat(timespec="minutes")
-
-
 def _interval_text(cell: Cell, level: float) -> str:
     percent = next((i for i in cell.intervals_percent if math.isclose(i.level, level)), None)
     if percent is not None:
@@ -134,7 +117,7 @@ def _hover(card: Scorecard, cell: Cell, candidate: str, reference: str) -> str:
         f"{reference}: {_number(cell.reference_score)}",
         f"change: {_percent(cell.change_percent)}",
     ]
-    lines += [f"CI {_level(level)}: {_interval_text(cell, level)}" for level in card.levels]
+    lines += [f"CI {level_text(level)}: {_interval_text(cell, level)}" for level in card.levels]
     lines.append(f"p = {_p(cell.p_value)} · n_eff = {_number(cell.n_eff)}")
     lines.append(f"{cell.n_cases} cases in {cell.n_cycles} cycles")
     if cell.n_excluded:
@@ -191,7 +174,12 @@ def chart_series(card: Scorecard) -> dict[str, Any]:
             "difference": _rounded(series.difference),
             "mean": series.mean_difference,
             "intervals": [
-                {"level": i.level, "label": _level(i.level), "low": i.low, "high": i.high}
+                {
+                    "level": i.level,
+                    "label": level_text(i.level),
+                    "low": i.low,
+                    "high": i.high,
+                }
                 for i in series.intervals
             ],
             "value": CYCLE_VALUE.get(metric, metric),
@@ -275,23 +263,12 @@ def show(name: str):
             series=chart_series(card),
             chart_metric=chosen_metric if chosen_metric in card.metrics else card.metrics[0],
             chart_window=CHART_WINDOW,
-            period=_period_text(comparison),
-            level_text=_level,
+            period=comparison.period_text,
+            level_text=lambda level: level_text(level, "—"),
             downloads={**query, "candidate": str(comparison.candidate["id"])},
         )
     status = 400 if problem else 200
     return render_template("scorecards/show.html", **context), status
-
-
-def _period_text(comparison: scorecards.Comparison) -> str:
-    card = comparison.scorecard
-    cycles = card.series[0].cycles if card.series and card.series[0].cycles else ()
-    held = f"{str(cycles[0])[:10]} … {str(cycles[-1])[:10]}" if cycles else "no cycles"
-    if comparison.start is None and comparison.end is None:
-        return f"every cycle ({held})"
-    asked = f"cycles from {_when(comparison.start) or 'the first'}"
-    asked += f" to before {_when(comparison.end)}" if comparison.end else " on"
-    return f"{asked} ({held})"
 
 
 def _download_name(comparison: scorecards.Comparison, extension: str) -> str:
@@ -370,5 +347,5 @@ def compare(name: str):
         methods=scorecards.METHODS,
         default_method=scorecards.DEFAULT_METHOD,
         chart_window=CHART_WINDOW,
-        level_text=_level,
+        level_text=lambda level: level_text(level, "—"),
     ), (400 if problem else 200)
