@@ -746,9 +746,13 @@ class ShadowWorker:
                 return
             if self._pid is not None:  # inherited through a fork: the threads stayed behind
                 self._queue = queue.Queue(maxsize=self.capacity)
-            self._stopping = threading.Event()
+            # Each generation of threads has its own stop signal: a thread that outlived a
+            # stop (stuck in a model) still ends after its batch, whatever starts next.
+            self._stopping = stopping = threading.Event()
             self._threads = [
-                threading.Thread(target=self._run, name=f"numex-shadow-{i}", daemon=True)
+                threading.Thread(
+                    target=self._run, args=(stopping,), name=f"numex-shadow-{i}", daemon=True
+                )
                 for i in range(self.n_threads)
             ]
             self._pid = os.getpid()
@@ -841,8 +845,8 @@ class ShadowWorker:
 
     # -- the worker side
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
+    def _run(self, stopping: threading.Event) -> None:
+        while not stopping.is_set():
             try:
                 first = self._queue.get(timeout=0.5)
             except queue.Empty:
