@@ -780,6 +780,7 @@ print("ok")
 @pytest.mark.slow
 def test_fitted_estimators_reload_in_a_fresh_process(demo, tmp_path):
     import cloudpickle  # MLflow's own dependency: always installed
+
     routine, data = demo
     folder = tmp_path / "seattle-tmax"
     folder.mkdir()
