@@ -7,6 +7,7 @@ on that server instead, created from a migrated template.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -51,22 +52,32 @@ def template_database(tmp_path_factory) -> str:
         yield str(path)
 
 
-@pytest.fixture
-def database_url(template_database, tmp_path) -> str:
-    """A fresh database at head for this test."""
+@contextlib.contextmanager
+def copy_database(template: str, tmp_path: Path):
+    """A fresh copy of ``template`` (a PostgreSQL database name or a SQLite file); yields
+    its URL and drops it afterwards."""
     if POSTGRES_URL:
         name = f"numex_t_{uuid.uuid4().hex[:10]}"
         admin = _pg_admin_engine()
         with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"'))
-        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+            connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+        try:
+            yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            admin.dispose()
     else:
         path = tmp_path / "numex.db"
-        shutil.copy(template_database, path)
+        shutil.copy(template, path)
         yield f"sqlite:///{path}"
+
+
+@pytest.fixture
+def database_url(template_database, tmp_path) -> str:
+    """A fresh database at head for this test."""
+    with copy_database(template_database, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture

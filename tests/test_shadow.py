@@ -30,34 +30,14 @@ from numex.config import load_settings
 from numex.db import Candidate, Forecast, PredictionRequest, Routine
 from numex.services import experiments, forecasts, shadow, stages
 from numex.services.runtime import Actor, Runtime
-from tests.conftest import POSTGRES_URL, _pg_admin_engine
+from tests.conftest import POSTGRES_URL, _pg_admin_engine, copy_database
+from tests.experiment_fixtures import ROUTINE_YAML as TINY_ROUTINE_YAML
 
 ROUTINE = "online"
-ROUTINE_YAML = """\
-name: online
-title: A small routine served online
-data: {source: data.csv}
-time_column: valid_date
-case_keys: [valid_date, lead]
-target: y
-features: [x1, x2, lead]
-training: {start: 2020-01-01, end: 2020-09-30}
-holdout: {start: 2020-10-01, end: 2020-12-31}
-cycles: {length: 1D, start: 2021-01-01, end: 2021-12-31}
-metrics: [rmse, mae, bias]
-segments:
-  - {name: lead, column: lead}
-  - {name: season, derive: season}
-gates:
-  parallel:
-    sign_offs: 1
-    checks:
-      - offline_not_worse: {metric: rmse}
-  operational:
-    sign_offs: 2
-    checks:
-      - min_cycles: 30
-"""
+# The tiny routine of the experiment tests, under its own name.
+ROUTINE_YAML = TINY_ROUTINE_YAML.replace("name: tiny", f"name: {ROUTINE}", 1).replace(
+    "title: A tiny synthetic routine", "title: A small routine served online", 1
+)
 EXPERIMENTS = {
     "persistence": """\
         routine: online
@@ -176,19 +156,8 @@ def served(tmp_path_factory, template_database) -> Served:
 @pytest.fixture
 def database_url(served, tmp_path):
     """This test's copy of the served routine's database."""
-    if POSTGRES_URL:
-        name = f"numex_t_{uuid.uuid4().hex[:10]}"
-        admin = _pg_admin_engine()
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{served.database}"'))
-        yield POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-    else:
-        path = tmp_path / "numex.db"
-        shutil.copy(served.database, path)
-        yield f"sqlite:///{path}"
+    with copy_database(served.database, tmp_path) as url:
+        yield url
 
 
 @pytest.fixture
