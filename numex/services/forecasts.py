@@ -703,12 +703,15 @@ def _segments_of(attributes: pd.Series, names: Sequence[str]) -> pd.DataFrame:
     return picked
 
 
-def _cycle_pairs(session, routine, candidate_id, reference_id, start, end) -> list:
+def _pairs_query(origin: str, moment, candidate_id: int, reference_id: int):
+    """The candidate's and reference's forecasts of the same cases on the same occasion
+    (``origin``: "cycle_id" or "prediction_request_id"), with each case's observation:
+    rows of (moment, case key, candidate, reference, observation, case attributes)."""
     f = Forecast.__table__.alias("f")
     r = Forecast.__table__.alias("r")
-    query = (
+    return (
         select(
-            Cycle.window_start,
+            moment,
             Case.key,
             f.c.value,
             r.c.value,
@@ -716,19 +719,24 @@ def _cycle_pairs(session, routine, candidate_id, reference_id, start, end) -> li
             cast(Case.attributes, Text),
         )
         .select_from(f)
-        .join(Cycle, Cycle.id == f.c.cycle_id)
         .join(
             r,
             and_(
-                r.c.cycle_id == f.c.cycle_id,
+                r.c[origin] == f.c[origin],
                 r.c.candidate_id == reference_id,
                 r.c.case_id == f.c.case_id,
             ),
         )
         .join(Case, Case.id == f.c.case_id)
         .outerjoin(Observation, Observation.case_id == f.c.case_id)
-        .where(f.c.candidate_id == candidate_id, Cycle.routine_id == routine.id)
+        .where(f.c.candidate_id == candidate_id, f.c[origin].is_not(None)),
+        f,
     )
+
+
+def _cycle_pairs(session, routine, candidate_id, reference_id, start, end) -> list:
+    query, f = _pairs_query("cycle_id", Cycle.window_start, candidate_id, reference_id)
+    query = query.join(Cycle, Cycle.id == f.c.cycle_id).where(Cycle.routine_id == routine.id)
     if start is not None:
         query = query.where(Cycle.window_start >= start)
     if end is not None:
@@ -738,34 +746,9 @@ def _cycle_pairs(session, routine, candidate_id, reference_id, start, end) -> li
 
 
 def _online_pairs(session, routine, spec, candidate_id, reference_id, start, end) -> list:
-    f = Forecast.__table__.alias("f")
-    r = Forecast.__table__.alias("r")
-    query = (
-        select(
-            Case.valid_time,
-            Case.key,
-            f.c.value,
-            r.c.value,
-            Observation.value,
-            cast(Case.attributes, Text),
-        )
-        .select_from(f)
-        .join(PredictionRequest, PredictionRequest.id == f.c.prediction_request_id)
-        .join(
-            r,
-            and_(
-                r.c.prediction_request_id == f.c.prediction_request_id,
-                r.c.candidate_id == reference_id,
-                r.c.case_id == f.c.case_id,
-            ),
-        )
-        .join(Case, Case.id == f.c.case_id)
-        .outerjoin(Observation, Observation.case_id == f.c.case_id)
-        .where(
-            f.c.candidate_id == candidate_id,
-            f.c.prediction_request_id.is_not(None),
-            PredictionRequest.routine_id == routine.id,
-        )
+    query, f = _pairs_query("prediction_request_id", Case.valid_time, candidate_id, reference_id)
+    query = query.join(PredictionRequest, PredictionRequest.id == f.c.prediction_request_id).where(
+        PredictionRequest.routine_id == routine.id
     )
     # Coarse bounds on the valid time (a cycle window is at most one step long) ...
     step = spec.cycles.step.to_pytimedelta()
