@@ -57,6 +57,8 @@ class Settings:
     registry_timeout_s: float = 5.0
     #: Web processes deliver registry changes in the background right after a decision.
     registry_autosync: bool = True
+    #: Seconds a web process trusts an API token it has looked up (0: look up every time).
+    token_cache_s: float = 5.0
     extra: dict = field(default_factory=dict)
 
 
@@ -82,6 +84,7 @@ def load_settings(**overrides) -> Settings:
         registry_timeout_s=float(os.environ.get("NUMEX_REGISTRY_TIMEOUT", "5")),
         registry_autosync=os.environ.get("NUMEX_REGISTRY_AUTOSYNC", "1").lower()
         not in ("0", "false", "no", "off"),
+        token_cache_s=float(os.environ.get("NUMEX_TOKEN_CACHE_SECONDS", "5")),
     )
     for key, value in overrides.items():
         if not hasattr(settings, key):

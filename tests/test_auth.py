@@ -1,3 +1,5 @@
+import time
+
 import pytest
 
 from numex.services import users
@@ -61,6 +63,46 @@ def test_api_accepts_a_bearer_token_and_refuses_a_revoked_one(client, rt, token_
     response = client.get("/api/v1/routines", headers=headers)
     assert response.status_code == 401
     assert "revoked" in response.get_json()["error"]["message"]
+
+
+def _revoke_behind_the_back(rt, token: str) -> None:
+    """Revoke as another process would: in the database, not through this process."""
+    from sqlalchemy import update
+
+    from numex.db import ApiToken, utcnow
+
+    with rt.transaction() as session:
+        session.execute(
+            update(ApiToken).where(ApiToken.prefix == token[:10]).values(revoked_at=utcnow())
+        )
+
+
+def test_a_revocation_by_another_process_is_seen_within_the_token_cache_time(rt, token_for):
+    token = token_for("vic")
+    rt.settings.token_cache_s = 0.5
+    assert users.actor_for_token(rt, token).name == "vic"
+    _revoke_behind_the_back(rt, token)
+    # Trusted from this process's cache for a moment, then looked up again and refused.
+    assert users.actor_for_token(rt, token).name == "vic"
+    time.sleep(0.6)
+    with pytest.raises(Unauthenticated, match="unknown or revoked"):
+        users.actor_for_token(rt, token)
+
+
+def test_without_a_token_cache_every_call_looks_the_token_up(rt, token_for):
+    token = token_for("vic")
+    rt.settings.token_cache_s = 0
+    assert users.actor_for_token(rt, token).name == "vic"
+    _revoke_behind_the_back(rt, token)
+    with pytest.raises(Unauthenticated):
+        users.actor_for_token(rt, token)
+
+
+def test_a_role_change_in_this_process_is_seen_at_once(rt, token_for):
+    token = token_for("vic")
+    assert users.actor_for_token(rt, token).roles == {"viewer"}
+    users.set_roles(rt, "vic", ["viewer", "ops"], Actor.system("test"))
+    assert users.actor_for_token(rt, token).roles == {"viewer", "ops"}
 
 
 def test_tokens_are_stored_hashed(rt, token_for):
