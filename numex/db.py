@@ -8,6 +8,10 @@ and migrations stay plain.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -502,19 +506,24 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url``; SQLite gets WAL, foreign keys and a busy timeout."""
+    """An engine for ``url``; SQLite gets WAL, foreign keys, a busy timeout and, for a
+    database file, the :class:`WriterQueue`."""
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url[len("postgresql://") :]
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        in_memory = not path or path == ":memory:" or path.startswith("file:")
+        if not in_memory:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30}, **kwargs)
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_S}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling defers BEGIN; take a write lock up front so
         # two writers serialise instead of failing with "database is locked" on upgrade.
         event.listen(engine, "connect", _sqlite_autocommit_off)
-        event.listen(engine, "begin", _sqlite_begin)
+        if in_memory:
+            event.listen(engine, "begin", _sqlite_begin)
+        else:
+            WriterQueue(Path(path)).attach(engine)
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
@@ -524,8 +533,125 @@ def _sqlite_autocommit_off(dbapi_connection, _record) -> None:
     dbapi_connection.isolation_level = None
 
 
+#: Execution option of connections that only read: on SQLite they begin a deferred
+#: transaction (a snapshot, no write lock) instead of ``BEGIN IMMEDIATE``.
+READ_ONLY = "numex_read_only"
+#: How long a SQLite writer waits for the database before "database is locked".
+SQLITE_BUSY_S = 30.0
+
+
 def _sqlite_begin(connection) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    read_only = connection.get_execution_options().get(READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+class WriterQueue:
+    """Writers of one SQLite file take turns on an OS file lock before ``BEGIN IMMEDIATE``.
+
+    A SQLite writer that finds the database locked sleeps and retries, 1, 2, 5, 10, ...
+    up to 100 ms at a time. Under a steady stream of short write transactions from
+    several processes (gunicorn workers, their shadow threads, the scheduler) much of the
+    time then goes to sleeping while the lock is already free. Here a writer first takes
+    its process's turn (a thread lock), then the file lock (``flock`` on
+    ``<database>-writer.lock``, retried every fraction of a millisecond), and holds both
+    until its transaction commits or rolls back. Reads (:data:`READ_ONLY`) take neither:
+    in WAL mode they read a snapshot. After ``SQLITE_BUSY_S`` a writer gives up with the
+    error SQLite itself would raise, "database is locked".
+    """
+
+    def __init__(self, database: Path) -> None:
+        self.path = database.with_name(database.name + "-writer.lock")
+        self._turn = threading.Lock()
+        self._fd: int | None = None
+        self._pid: int | None = None
+        self._holder: int | None = None  # id() of the DBAPI connection holding the turn
+
+    def attach(self, engine: Engine) -> None:
+        event.listen(engine, "begin", self._begin)
+        dialect = engine.dialect
+        commit, rollback = dialect.do_commit, dialect.do_rollback
+
+        def do_commit(dbapi_connection) -> None:
+            try:
+                commit(dbapi_connection)
+            finally:
+                self.release(dbapi_connection)
+
+        def do_rollback(dbapi_connection) -> None:
+            try:
+                rollback(dbapi_connection)
+            finally:
+                self.release(dbapi_connection)
+
+        # At the DBAPI level: the pool's reset-on-return and the error paths end a
+        # transaction through these too, so the turn always comes back.
+        dialect.do_commit = do_commit  # type: ignore[method-assign]
+        dialect.do_rollback = do_rollback  # type: ignore[method-assign]
+        for name in ("checkin", "close", "invalidate"):
+            event.listen(engine, name, self._released_with)
+
+    def _released_with(self, dbapi_connection, *_args) -> None:
+        self.release(dbapi_connection)
+
+    def _begin(self, connection) -> None:
+        if connection.get_execution_options().get(READ_ONLY, False):
+            connection.exec_driver_sql("BEGIN")
+            return
+        dbapi_connection = connection.connection.dbapi_connection
+        self.acquire(dbapi_connection)
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            self.release(dbapi_connection)
+            raise
+
+    def acquire(self, dbapi_connection: Any) -> None:
+        """Wait for this writer's turn (at most ``SQLITE_BUSY_S``)."""
+        deadline = time.monotonic() + SQLITE_BUSY_S
+        if not self._turn.acquire(timeout=SQLITE_BUSY_S):
+            raise _locked()
+        try:
+            fd = self._file()
+            pause = 0.00005
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise _locked() from None
+                    time.sleep(pause)
+                    pause = min(pause * 2, 0.0005)
+        except BaseException:
+            self._turn.release()
+            raise
+        self._holder = id(dbapi_connection)
+
+    def release(self, dbapi_connection: Any) -> None:
+        """Give the turn back, if ``dbapi_connection`` holds it (else nothing)."""
+        # The dialect's do_commit gets the pool's proxy; events get the DBAPI connection.
+        dbapi_connection = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)
+        if dbapi_connection is None or self._holder != id(dbapi_connection):
+            return
+        self._holder = None
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._turn.release()
+
+    def _file(self) -> int:
+        # A forked child would share its parent's open file, and so its lock: open its own.
+        if self._pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._pid = os.getpid()
+        return self._fd
+
+
+def _locked() -> Exception:
+    import sqlite3
+
+    return sqlite3.OperationalError(
+        f"database is locked: another writer held it for more than {SQLITE_BUSY_S:.0f} s"
+    )
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -65,3 +65,118 @@ def test_foreign_keys_are_enforced(rt):
     with pytest.raises(IntegrityError), rt.transaction() as session:
         session.add(RoutineVersion(routine_id=999, version=1, definition={}, digest="d"))
         session.flush()
+
+
+# --- SQLite writers take turns (numex.db.WriterQueue) -----------------------------------------
+
+_COUNTER_WRITER = """
+import sys
+from sqlalchemy import text
+from numex.db import make_engine
+
+engine = make_engine(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    with engine.begin() as connection:
+        value = connection.execute(text("SELECT value FROM counter")).scalar_one()
+        connection.execute(text("UPDATE counter SET value = :v"), {"v": value + 1})
+engine.dispose()
+"""
+
+
+def _counter_database(tmp_path):
+    from sqlalchemy import text
+
+    from numex.db import make_engine
+
+    url = f"sqlite:///{tmp_path / 'turns.db'}"
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("CREATE TABLE counter (value INTEGER NOT NULL)"))
+        connection.execute(text("INSERT INTO counter VALUES (0)"))
+    return url, engine
+
+
+def _counter(engine) -> int:
+    from sqlalchemy import text
+
+    with engine.connect() as connection:
+        return connection.execute(text("SELECT value FROM counter")).scalar_one()
+
+
+def test_sqlite_writers_in_several_processes_and_threads_take_turns_and_lose_nothing(tmp_path):
+    import subprocess
+    import sys
+    import threading
+
+    url, engine = _counter_database(tmp_path)
+    processes = [
+        subprocess.Popen([sys.executable, "-c", _COUNTER_WRITER, url, "60"]) for _ in range(3)
+    ]
+    threads = [
+        threading.Thread(target=lambda: _bump(engine, 40)) for _ in range(2)
+    ]  # and two threads of this process on their own connections
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [p.wait(60) for p in processes] == [0, 0, 0]
+    # Read-modify-write in every transaction: a lost turn would lose an increment.
+    assert _counter(engine) == 3 * 60 + 2 * 40
+    engine.dispose()
+
+
+def _bump(engine, times: int) -> None:
+    from sqlalchemy import text
+
+    for _ in range(times):
+        with engine.begin() as connection:
+            value = connection.execute(text("SELECT value FROM counter")).scalar_one()
+            connection.execute(text("UPDATE counter SET value = :v"), {"v": value + 1})
+
+
+def test_a_rolled_back_or_abandoned_write_gives_its_turn_back(tmp_path, monkeypatch):
+    from sqlalchemy import text
+
+    from numex import db
+
+    monkeypatch.setattr(db, "SQLITE_BUSY_S", 2.0)
+    _url, engine = _counter_database(tmp_path)
+    with pytest.raises(RuntimeError), engine.begin() as connection:
+        connection.execute(text("UPDATE counter SET value = 99"))
+        raise RuntimeError("the unit of work failed")
+    connection = engine.connect()  # a write left open, then the connection closed
+    connection.execute(text("UPDATE counter SET value = 98"))
+    connection.close()
+    _bump(engine, 1)  # would wait 2 s and fail if either had kept the turn
+    assert _counter(engine) == 1
+    engine.dispose()
+
+
+def test_a_writer_waiting_past_the_busy_timeout_is_told_the_database_is_locked(
+    tmp_path, monkeypatch
+):
+    import fcntl
+    import os
+    import sqlite3
+
+    from numex import db
+
+    monkeypatch.setattr(db, "SQLITE_BUSY_S", 0.3)
+    _url, engine = _counter_database(tmp_path)
+    # Another writer (a separate open file, as another process would have) holds the lock.
+    other = os.open(tmp_path / "turns.db-writer.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            _bump(engine, 1)
+        # Reads take a snapshot and do not queue behind writers.
+        from numex.db import READ_ONLY
+
+        with engine.execution_options(**{READ_ONLY: True}).begin() as connection:
+            assert connection.exec_driver_sql("SELECT value FROM counter").scalar_one() == 0
+    finally:
+        fcntl.flock(other, fcntl.LOCK_UN)
+        os.close(other)
+    _bump(engine, 1)  # the failed writer left nothing held behind
+    assert _counter(engine) == 1
+    engine.dispose()

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from numex.config import Settings, load_settings
-from numex.db import make_engine, make_session_factory, transaction
+from numex.db import READ_ONLY, make_engine, make_session_factory, transaction
 from numex.services.errors import PermissionDenied
 
 
@@ -49,6 +49,10 @@ class Runtime:
         self.settings = settings or load_settings()
         self.engine = make_engine(self.settings.database_url)
         self.sessions = make_session_factory(self.engine)
+        # Reads take no write lock on SQLite (a deferred transaction: a WAL snapshot).
+        self.read_sessions = make_session_factory(
+            self.engine.execution_options(**{READ_ONLY: True})
+        )
         self.cache: dict = {}
 
     @contextlib.contextmanager
@@ -59,8 +63,9 @@ class Runtime:
     @contextlib.contextmanager
     def read(self) -> Iterator[Session]:
         """A session for reading; closing it ends the transaction and detaches (without
-        expiring) what was loaded, so results stay usable after the block."""
-        session = self.sessions()
+        expiring) what was loaded, so results stay usable after the block. Nothing is
+        committed: on SQLite it holds no write lock, and a write in it may be refused."""
+        session = self.read_sessions()
         try:
             yield session
         finally:
