@@ -680,3 +680,61 @@ def test_a_large_request_with_mixed_time_formats_is_served(api):
     response = api.predict({"records": sent})
     assert response.status_code == 200, response.json
     assert response.json["forecasts"][1]["case"] == "2022-03-02T00:00:00|2"
+
+
+def test_a_lone_request_is_forecast_at_once_not_after_the_longest_batch_wait(rt, served):
+    """Batches gather only while jobs keep coming: a request after a pause is forecast by
+    the parallel candidates straight away, not after ``linger_s``."""
+    worker = shadow.ShadowWorker(rt, queue_size=10, threads=1, linger_s=30.0)
+    try:
+        started = time.monotonic()
+        shadow.predict(rt, ROUTINE, records(2), SYSTEM, worker=worker)
+        assert worker.drain(20)
+        assert time.monotonic() - started < 10  # the linger alone would take 30 s
+        assert worker.snapshot_stats()["done"] == 1
+    finally:
+        worker.stop()
+
+
+def test_a_burst_of_requests_is_forecast_in_few_batches(rt, served):
+    worker = shadow.ShadowWorker(rt, queue_size=100, threads=1, linger_s=2.0)
+    batches: list[int] = []
+    process = worker._process
+    worker._process = lambda batch: (batches.append(len(batch)), process(batch))[1]
+    try:
+        for day in pd.date_range("2022-01-01", periods=20).strftime("%Y-%m-%d"):
+            shadow.predict(rt, ROUTINE, records(1, day), SYSTEM, worker=worker)
+        assert worker.drain(30)
+    finally:
+        worker.stop()
+    assert sum(batches) == 20
+    assert len(batches) <= 4, batches  # one model call per candidate serves many requests
+    with rt.read() as session:
+        assert session.query(Forecast).count() == 20 * 3
+
+
+def test_the_scikit_learn_model_called_directly_forecasts_what_pyfunc_does(rt, served):
+    """The serving path calls a scikit-learn model's own predict (numex has checked the
+    records against the signature); the values are pyfunc's."""
+    snap = shadow.snapshot(rt, ROUTINE)
+    sent = records(6)
+    for candidate in (snap.operational, *snap.parallel):
+        model = mlflow_bridge.load_model(rt.settings, candidate.model_uri)
+        frame = shadow.records_frame(sent, candidate.features, snap.kinds)
+        direct = shadow._predictor(model)
+        assert direct != model.predict  # the scikit-learn model's own method
+        np.testing.assert_allclose(
+            np.asarray(direct(frame), dtype=float), np.asarray(model.predict(frame), dtype=float)
+        )
+
+
+def test_an_all_number_frame_equals_the_column_by_column_one(rt, served):
+    snap = shadow.snapshot(rt, ROUTINE)
+    sent = records(5)
+    sent[2]["x1"] = 7  # an integer in a float column
+    columns = [c for c in snap.spec.features if snap.kinds.get(c) == "number"]
+    assert len(columns) >= 2
+    fast = shadow.records_frame(sent, columns, snap.kinds)
+    mixed = shadow.records_frame(sent, [*columns, "lead"], {**snap.kinds, "lead": "integer"})
+    pd.testing.assert_frame_equal(fast, mixed[columns])
+    assert all(dtype == np.float64 for dtype in fast.dtypes)

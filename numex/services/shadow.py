@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from sqlalchemy import DateTime, bindparam, select, text, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from numex import mlflow_bridge, specs
@@ -67,8 +67,11 @@ MAX_REPORTED = 100
 BATCH_SIZE = 64
 #: The longest a worker thread waits for a gap between requests before each step.
 MAX_YIELD_S = 0.05
-#: How long a worker thread lets a batch gather after taking its first job.
+#: How long a worker thread lets a batch gather after taking its first job, at most.
 LINGER_S = 0.25
+#: A gathering worker thread stops waiting for more jobs after this long without one (or
+#: three times the usual gap between jobs, when that is longer).
+GATHER_QUIET_S = 0.01
 #: Shadow statuses of a prediction request.
 SHADOW_STATUSES = ("none", "queued", "dropped", "done", "failed")
 
@@ -161,25 +164,113 @@ def _served(candidate: Candidate) -> ServedCandidate:
     )
 
 
-# The request path's own statements are plain SQL compiled once: building them with the
-# expression language costs more than running them.
-_FINGERPRINT = text(
-    "SELECT id, stage FROM candidates WHERE routine_id = :routine_id"
+# --- storing, at the driver level ----------------------------------------------------
+#
+# The request path and the worker's batches run a handful of fixed statements through the
+# DBAPI cursor of the session's transaction: building and compiling them with
+# SQLAlchemy would cost more than running them (the request's transaction is the largest
+# part of a /predict call). Written with ``?`` and given ``%s`` on PostgreSQL.
+
+_SQL = {
+    "fingerprint": "SELECT id, stage FROM candidates WHERE routine_id = ?"
     " AND stage IN ('operational', 'parallel')"
-    " UNION ALL SELECT max(id), 'version' FROM routine_versions WHERE routine_id = :routine_id"
-)
-_INSERT_REQUEST = text(
-    "INSERT INTO prediction_requests (request_key, routine_id, operational_candidate_id,"
-    " n_records, shadow_status, created_at) VALUES (:request_key, :routine_id,"
-    " :operational_candidate_id, :n_records, :shadow_status, :created_at) RETURNING id"
-).bindparams(bindparam("created_at", type_=DateTime()))
+    " UNION ALL SELECT max(id), 'version' FROM routine_versions WHERE routine_id = ?",
+    "insert_cases": "INSERT INTO cases (routine_id, key, valid_time, attributes)"
+    " VALUES (?, ?, ?, ?) ON CONFLICT (routine_id, key) DO NOTHING",
+    "case_ids": "SELECT key, id FROM cases WHERE routine_id = ? AND key IN ({marks})",
+    "insert_request": "INSERT INTO prediction_requests (request_key, routine_id,"
+    " operational_candidate_id, n_records, shadow_status, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+    "insert_forecasts": "INSERT INTO forecasts (prediction_request_id, candidate_id, case_id,"
+    " value) VALUES (?, ?, ?, ?)",
+    "set_status": "UPDATE prediction_requests SET shadow_status = ? WHERE id IN ({marks})",
+}
+#: Keys per ``IN (...)`` list.
+_IN_CHUNK = 500
+_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy's DateTime reads and writes SQLite
+
+
+class _Driver:
+    """The session's transaction at the DBAPI level, for the serving path's statements."""
+
+    def __init__(self, session: Session) -> None:
+        connection = session.connection()
+        self.sqlite = connection.dialect.name == "sqlite"
+        self.cursor = connection.connection.driver_connection.cursor()
+
+    def _sql(self, name: str, marks: int = 0) -> str:
+        sql = _SQL[name].format(marks=", ".join("?" * marks))
+        return sql if self.sqlite else sql.replace("?", "%s")
+
+    def _time(self, value: datetime) -> Any:
+        return value.strftime(_SQLITE_TIME) if self.sqlite else value
+
+    def relaxed_commit(self) -> None:
+        """On PostgreSQL, let this transaction's commit return before its WAL record is
+        flushed to disk (``synchronous_commit = off``, this transaction only). For shadow
+        forecasts, which may be dropped anyway: a crash of the database server may lose
+        the last fraction of a second of them, never leave them half written. SQLite
+        (WAL, ``synchronous=NORMAL``) already commits this way."""
+        if not self.sqlite:
+            self.cursor.execute("SET LOCAL synchronous_commit = off")
+
+    def fingerprint(self, routine_id: int) -> frozenset[tuple[int, str]]:
+        """The routine's operational and parallel candidates (id, stage) and its current
+        definition version: what a snapshot is valid for."""
+        self.cursor.execute(self._sql("fingerprint"), (routine_id, routine_id))
+        return frozenset((row[0], row[1]) for row in self.cursor.fetchall())
+
+    def upsert_cases(self, routine_id: int, cases: forecasts.CaseRows) -> np.ndarray:
+        """Store the cases not stored yet (existing ones are left as they are) and return
+        the ids of all, aligned with ``cases``."""
+        keys = cases.keys.tolist()
+        times = cases.valid_times.astype("datetime64[us]").tolist()
+        self.cursor.executemany(
+            self._sql("insert_cases"),
+            [
+                (routine_id, key, self._time(when), attributes)
+                for key, when, attributes in zip(
+                    keys, times, cases.attributes.tolist(), strict=True
+                )
+            ],
+        )
+        found: dict[str, int] = {}
+        for start in range(0, len(keys), _IN_CHUNK):
+            chunk = keys[start : start + _IN_CHUNK]
+            self.cursor.execute(self._sql("case_ids", len(chunk)), (routine_id, *chunk))
+            found.update(self.cursor.fetchall())
+        if len(found) < len(set(keys)):  # only a concurrent delete could do this: say so
+            raise Conflict("cases vanished while they were being stored; try again")
+        return np.fromiter((found[key] for key in keys), np.int64, len(keys))
+
+    def insert_request(
+        self, request_key: str, snap: Snapshot, n_records: int, shadow_status: str
+    ) -> int:
+        self.cursor.execute(
+            self._sql("insert_request"),
+            (
+                request_key,
+                snap.routine_id,
+                snap.operational.id,
+                n_records,
+                shadow_status,
+                self._time(utcnow()),
+            ),
+        )
+        return int(self.cursor.fetchone()[0])
+
+    def insert_forecasts(self, rows: Iterable[tuple[int, int, int, float]]) -> None:
+        """Forecast rows (prediction request id, candidate id, case id, checked value)."""
+        self.cursor.executemany(self._sql("insert_forecasts"), list(rows))
+
+    def set_status(self, request_ids: list[int], status: str) -> None:
+        for start in range(0, len(request_ids), _IN_CHUNK):
+            chunk = request_ids[start : start + _IN_CHUNK]
+            self.cursor.execute(self._sql("set_status", len(chunk)), (status, *chunk))
 
 
 def _fingerprint(session: Session, routine_id: int) -> frozenset[tuple[int, str]]:
-    """The routine's operational and parallel candidates (id, stage) and its current
-    definition version: what a snapshot is valid for."""
-    rows = session.execute(_FINGERPRINT, {"routine_id": routine_id})
-    return frozenset((row[0], row[1]) for row in rows)
+    return _Driver(session).fingerprint(routine_id)
 
 
 def _load_snapshot(rt: Runtime, routine_name: str) -> Snapshot:
@@ -350,6 +441,10 @@ def records_frame(
     records: list[dict[str, Any]], columns: Sequence[str], kinds: dict[str, str]
 ) -> pd.DataFrame:
     """Valid records as a frame of ``columns``, numbers typed as the signatures declare."""
+    if all(kinds.get(column) == "number" for column in columns):
+        # One float block: a fraction of the cost of a frame built column by column.
+        block = np.array([[record[c] for c in columns] for record in records], dtype=np.float64)
+        return pd.DataFrame(block.reshape(len(records), len(columns)), columns=list(columns))
     data: dict[str, Any] = {}
     for column in columns:
         values = [record[column] for record in records]
@@ -442,13 +537,33 @@ def _cases(records: list[dict], snap: Snapshot) -> forecasts.CaseRows:
 
 
 def _forecast(
-    rt: Runtime, candidate: ServedCandidate, records: list[dict], kinds: dict[str, str]
+    rt: Runtime,
+    candidate: ServedCandidate,
+    records: list[dict],
+    kinds: dict[str, str],
+    inputs: pd.DataFrame | None = None,
 ) -> np.ndarray:
-    """The candidate's forecast of every record, checked (one finite value per record): a
-    ValueError from :func:`numex.services.forecasts.check_values` says what is wrong."""
-    model = _model(rt, candidate)
-    inputs = records_frame(records, candidate.features, kinds)
-    return forecasts.check_values(model.predict(inputs), len(records))
+    """The candidate's forecast of every record (``inputs``: their frame, when built
+    already), checked (one finite value per record): a ValueError from
+    :func:`numex.services.forecasts.check_values` says what is wrong."""
+    predict = _predictor(_model(rt, candidate))
+    if inputs is None:
+        inputs = records_frame(records, candidate.features, kinds)
+    return forecasts.check_values(predict(inputs), len(records))
+
+
+def _predictor(model: Any) -> Any:
+    """What to call to forecast with a loaded pyfunc model: the scikit-learn model's own
+    ``predict`` when MLflow wraps one, pyfunc's ``predict`` otherwise.
+
+    Records reach a model only after :func:`validate_records` has checked them against
+    the same signature and :func:`records_frame` has typed them as it declares, so
+    pyfunc's own schema check, which costs more than the forecast, would repeat it.
+    """
+    if getattr(model, "loader_module", None) == "mlflow.sklearn":
+        with contextlib.suppress(NotImplementedError, AttributeError):
+            return model.get_raw_model().predict
+    return model.predict
 
 
 # --- the request path ------------------------------------------------------------------
@@ -556,35 +671,22 @@ def _store(
     )
     try:
         with rt.transaction() as session:
-            if _fingerprint(session, snap.routine_id) != snap.fingerprint:
+            driver = _Driver(session)
+            if driver.fingerprint(snap.routine_id) != snap.fingerprint:
                 raise _Stale
-            # A reference only (upsert_cases reads its id): no query for the row itself.
-            routine = Routine(id=snap.routine_id, name=snap.routine)
-            case_ids = forecasts.upsert_cases(session, routine, cases)
+            case_ids = driver.upsert_cases(snap.routine_id, cases)
             if job is None:
                 status = "none"
             else:
                 job.case_ids = case_ids
                 status = "queued" if worker.offer(job) else "dropped"
-            request_id = session.execute(
-                _INSERT_REQUEST,
-                {
-                    "request_key": request_key,
-                    "routine_id": snap.routine_id,
-                    "operational_candidate_id": snap.operational.id,
-                    "n_records": len(records),
-                    "shadow_status": status,
-                    "created_at": utcnow(),
-                },
-            ).scalar_one()
+            request_id = driver.insert_request(request_key, snap, len(records), status)
             if job is not None:
                 job.request_id = request_id
-            forecasts.store_forecasts(
-                session,
-                candidate_id=snap.operational.id,
-                case_ids=case_ids,
-                values=values,
-                prediction_request_id=request_id,
+            operational = snap.operational.id
+            driver.insert_forecasts(
+                (request_id, operational, case_id, value)
+                for case_id, value in zip(case_ids.tolist(), values.tolist(), strict=True)
             )
     except BaseException:
         if job is not None:
@@ -612,7 +714,7 @@ class ShadowJob:
     kinds: dict[str, str]
     candidates: tuple[ServedCandidate, ...]
     request_id: int = 0  # set before the request's transaction commits
-    case_ids: Sequence[int] = ()
+    case_ids: np.ndarray = field(default_factory=lambda: np.array([], dtype=np.int64))
     offered_at: float = field(default_factory=time.monotonic)
     _ready: threading.Event = field(default_factory=threading.Event, repr=False)
     _committed: bool = field(default=False, repr=False)
@@ -726,6 +828,9 @@ class ShadowWorker:
         self._serving_lock = threading.Lock()
         self._idle = threading.Event()
         self._idle.set()
+        # When jobs last came and how far apart they usually come (see _gather).
+        self._last_offer = 0.0
+        self._arrival_gap = 0.0
         self.stats = ShadowStats(self.capacity)
         self._queue: queue.Queue[ShadowJob] = queue.Queue(maxsize=self.capacity)
         self._threads: list[threading.Thread] = []
@@ -835,6 +940,10 @@ class ShadowWorker:
         except queue.Full:
             self.stats.dropped.labels(job.routine, "queue_full").inc()
             return False
+        now = time.monotonic()
+        # The usual gap between jobs (a moving average; races between threads only blur it).
+        self._arrival_gap += 0.2 * (min(now - self._last_offer, 1.0) - self._arrival_gap)
+        self._last_offer = now
         self.stats.enqueued.labels(job.routine).inc()
         self.stats.queue_depth.set(self._queue.qsize())
         return True
@@ -851,20 +960,14 @@ class ShadowWorker:
                 first = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
-            # Let a batch gather (one model call per candidate and one transaction serve
-            # them all), then wait for a gap between requests.
             batch = [first]
-            deadline = time.monotonic() + self.linger_s
-            while len(batch) < self.batch_size and batch[-1] is not _WAKE:
-                remaining = deadline - time.monotonic()
-                try:
-                    batch.append(
-                        self._queue.get(timeout=remaining)
-                        if remaining > 0
-                        else self._queue.get_nowait()
-                    )
-                except queue.Empty:
-                    break
+            if first is not _WAKE:
+                self._gather(stopping)
+                while len(batch) < self.batch_size and batch[-1] is not _WAKE:
+                    try:
+                        batch.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
             self._yield_to_requests()
             try:
                 self._process([job for job in batch if job is not _WAKE])
@@ -874,6 +977,25 @@ class ShadowWorker:
                 for _ in batch:
                     self._queue.task_done()
                 self.stats.queue_depth.set(self._queue.qsize())
+
+    def _gather(self, stopping: threading.Event) -> None:
+        """Let a batch gather behind the job just taken: one model call per candidate and
+        one transaction then serve them all.
+
+        Gathering stops once the batch is full, after ``linger_s``, or as soon as jobs stop
+        coming: no job for three times the usual gap between them (at least
+        ``GATHER_QUIET_S``), so when traffic pauses the forecasts are not held back. The
+        thread sleeps between looks instead of waking for each job.
+        """
+        deadline = time.monotonic() + self.linger_s
+        while self._queue.qsize() + 1 < self.batch_size:
+            now = time.monotonic()
+            quiet = max(GATHER_QUIET_S, 3 * self._arrival_gap)
+            waited = now - self._last_offer
+            if now >= deadline or waited >= quiet:
+                return
+            if stopping.wait(min(quiet - waited, deadline - now)):
+                return
 
     def _process(self, batch: list[ShadowJob]) -> None:
         jobs = []
@@ -892,11 +1014,12 @@ class ShadowWorker:
         for job in jobs:
             for candidate in job.candidates:
                 by_candidate.setdefault(candidate.id, (candidate, []))[1].append(job)
+        frames: dict[tuple, pd.DataFrame] = {}
         for candidate, its_jobs in by_candidate.values():
             self._yield_to_requests()
-            for job, result in self._forecast_jobs(candidate, its_jobs):
+            for job, result in self._forecast_jobs(candidate, its_jobs, frames):
                 outcomes[job.request_id][candidate.id] = result
-        rows: list[tuple[int, int, Sequence[int], np.ndarray]] = []
+        rows: list[tuple[int, int, np.ndarray, np.ndarray]] = []
         statuses: dict[int, str] = {}
         for job in jobs:
             failed = False
@@ -911,22 +1034,17 @@ class ShadowWorker:
         self._yield_to_requests()
         try:
             with self.rt.transaction() as session:
-                for request_id, candidate_id, case_ids, values in rows:
-                    forecasts.store_forecasts(
-                        session,
-                        candidate_id=candidate_id,
-                        case_ids=case_ids,
-                        values=values,
-                        prediction_request_id=request_id,
-                    )
+                driver = _Driver(session)
+                driver.relaxed_commit()
+                driver.insert_forecasts(
+                    (request_id, candidate_id, case_id, value)
+                    for request_id, candidate_id, case_ids, values in rows
+                    for case_id, value in zip(case_ids.tolist(), values.tolist(), strict=True)
+                )
                 for status in ("done", "failed"):
                     ids = [rid for rid, s in statuses.items() if s == status]
                     if ids:
-                        session.execute(
-                            update(PredictionRequest)
-                            .where(PredictionRequest.id.in_(ids))
-                            .values(shadow_status=status)
-                        )
+                        driver.set_status(ids, status)
         except Exception as error:
             log.exception("shadow worker: storing %d request(s) failed", len(jobs))
             for job in jobs:
@@ -947,11 +1065,23 @@ class ShadowWorker:
             self.stats.latency.inc(now - job.offered_at)
 
     def _forecast_jobs(
-        self, candidate: ServedCandidate, jobs: list[ShadowJob]
+        self,
+        candidate: ServedCandidate,
+        jobs: list[ShadowJob],
+        frames: dict[tuple, pd.DataFrame] | None = None,
     ) -> list[tuple[ShadowJob, np.ndarray | str]]:
+        """Each job's forecasts by ``candidate`` (or why it failed). ``frames`` keeps the
+        input frames built for this batch: candidates reading the same columns of the
+        same jobs share one."""
         try:
             records = [record for job in jobs for record in job.records]
-            values = _forecast(self.rt, candidate, records, jobs[0].kinds)
+            key = (candidate.features, tuple(job.request_id for job in jobs))
+            inputs = None if frames is None else frames.get(key)
+            if inputs is None:
+                inputs = records_frame(records, candidate.features, jobs[0].kinds)
+                if frames is not None:
+                    frames[key] = inputs
+            values = _forecast(self.rt, candidate, records, jobs[0].kinds, inputs)
         except Exception as error:
             if len(jobs) == 1:
                 return [(jobs[0], f"{type(error).__name__}: {str(error)[:300]}")]
@@ -966,11 +1096,7 @@ class ShadowWorker:
     def _mark(self, request_ids: list[int], status: str) -> None:
         try:
             with self.rt.transaction() as session:
-                session.execute(
-                    update(PredictionRequest)
-                    .where(PredictionRequest.id.in_(request_ids))
-                    .values(shadow_status=status)
-                )
+                _Driver(session).set_status(request_ids, status)
         except Exception:
             log.exception("could not mark %d prediction request(s) %s", len(request_ids), status)
 
