@@ -738,3 +738,39 @@ def test_an_all_number_frame_equals_the_column_by_column_one(rt, served):
     mixed = shadow.records_frame(sent, [*columns, "lead"], {**snap.kinds, "lead": "integer"})
     pd.testing.assert_frame_equal(fast, mixed[columns])
     assert all(dtype == np.float64 for dtype in fast.dtypes)
+
+
+def test_requests_for_the_same_new_cases_at_once_all_succeed_and_share_the_cases(rt, served):
+    """Concurrent requests carrying the same brand-new cases: each is answered and stored,
+    and each case is stored once (on PostgreSQL a request that loses the race for a new
+    case is tried again)."""
+    from numex.db import Case
+
+    worker = shadow.ShadowWorker(rt, queue_size=50, threads=1)
+    sent = records(3, start="2024-05-01")
+    barrier = threading.Barrier(4)
+    results, errors = [], []
+
+    def ask() -> None:
+        try:
+            barrier.wait(10)
+            results.append(shadow.predict(rt, ROUTINE, sent, SYSTEM, worker=worker))
+        except Exception as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert worker.drain(30)
+    finally:
+        worker.stop()
+    assert errors == []
+    assert len({result.request_id for result in results}) == 4
+    with rt.read() as session:
+        keys = [c.key for c in session.query(Case).filter(Case.key.like("2024-05-0%"))]
+        assert sorted(keys) == sorted(f["case"] for f in results[0].forecasts)
+        requests = session.query(PredictionRequest).count()
+        assert session.query(Forecast).count() == requests * 3 * 3  # 3 cases × 3 candidates

@@ -180,3 +180,22 @@ def test_a_writer_waiting_past_the_busy_timeout_is_told_the_database_is_locked(
     _bump(engine, 1)  # the failed writer left nothing held behind
     assert _counter(engine) == 1
     engine.dispose()
+
+
+def test_a_pooled_connection_the_server_dropped_is_replaced_not_an_error(rt, monkeypatch):
+    """Connections idle in the pool are pinged before use; one whose server process is
+    gone (a database restart) is replaced without failing the caller."""
+    from sqlalchemy import text
+
+    from numex import db
+
+    if rt.dialect != "postgresql":
+        pytest.skip("server-side disconnects exist on PostgreSQL (this runs in its CI pass)")
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)
+    with rt.engine.connect() as connection:
+        pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+    with db.make_engine(rt.settings.database_url).connect() as admin:
+        admin.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        admin.commit()
+    with rt.transaction() as session:  # the pooled connection is dead: replaced, no error
+        assert session.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid

@@ -185,6 +185,40 @@ _SQL = {
     " value) VALUES (?, ?, ?, ?)",
     "set_status": "UPDATE prediction_requests SET shadow_status = ? WHERE id IN ({marks})",
 }
+#: PostgreSQL stores a whole request in one statement (sent in one round trip with the
+#: fingerprint check): new cases, the ids of all, the request and its forecasts.
+_PG_STORE_REQUEST = """
+WITH given AS (
+    SELECT * FROM unnest(%(keys)s::text[], %(times)s::timestamp[], %(attributes)s::text[],
+                         %(values)s::float8[]) AS g(key, valid_time, attributes, value)
+), new_cases AS (
+    INSERT INTO cases (routine_id, key, valid_time, attributes)
+    SELECT %(routine_id)s, key, valid_time, attributes::json FROM given
+    ON CONFLICT (routine_id, key) DO NOTHING
+    RETURNING key, id
+), case_ids AS (
+    SELECT key, id FROM new_cases
+    UNION ALL
+    SELECT key, id FROM cases
+    WHERE routine_id = %(routine_id)s AND key IN (SELECT key FROM given)
+), request AS (
+    INSERT INTO prediction_requests (request_key, routine_id, operational_candidate_id,
+                                     n_records, shadow_status, created_at)
+    VALUES (%(request_key)s, %(routine_id)s, %(candidate_id)s, %(n_records)s,
+            %(shadow_status)s, %(created_at)s)
+    RETURNING id
+), stored AS (
+    INSERT INTO forecasts (prediction_request_id, candidate_id, case_id, value)
+    SELECT request.id, %(candidate_id)s, case_ids.id, given.value
+    FROM request CROSS JOIN given JOIN case_ids ON case_ids.key = given.key
+)
+SELECT request.id, case_ids.key, case_ids.id FROM request CROSS JOIN case_ids
+"""
+_PG_INSERT_FORECASTS = (
+    "INSERT INTO forecasts (prediction_request_id, candidate_id, case_id, value)"
+    " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::float8[])"
+)
+_PG_SET_STATUS = "UPDATE prediction_requests SET shadow_status = %s WHERE id = ANY(%s)"
 #: Keys per ``IN (...)`` list.
 _IN_CHUNK = 500
 _SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy's DateTime reads and writes SQLite
@@ -207,12 +241,65 @@ class _Driver:
 
     def relaxed_commit(self) -> None:
         """On PostgreSQL, let this transaction's commit return before its WAL record is
-        flushed to disk (``synchronous_commit = off``, this transaction only). For shadow
-        forecasts, which may be dropped anyway: a crash of the database server may lose
-        the last fraction of a second of them, never leave them half written. SQLite
-        (WAL, ``synchronous=NORMAL``) already commits this way."""
+        flushed to disk (``synchronous_commit = off``, this transaction only): what
+        SQLite in WAL mode with ``synchronous=NORMAL`` does for every numex transaction.
+        For shadow forecasts, which may be dropped anyway: a crash of numex loses nothing
+        committed; a crash of the database server or its machine may lose the last
+        fraction of a second of them, and never leaves them half written."""
         if not self.sqlite:
             self.cursor.execute("SET LOCAL synchronous_commit = off")
+
+    def store_request(
+        self,
+        snap: Snapshot,
+        request_key: str,
+        cases: forecasts.CaseRows,
+        values: np.ndarray,
+        shadow_status: str,
+    ) -> tuple[int, np.ndarray]:
+        """Store a request, its new cases and its operational forecasts; returns the
+        request's id and the case ids (aligned with ``cases``). Raises _Stale when the
+        routine's candidates are no longer the snapshot's."""
+        if self.sqlite:
+            if self.fingerprint(snap.routine_id) != snap.fingerprint:
+                raise _Stale
+            case_ids = self.upsert_cases(snap.routine_id, cases)
+            request_id = self.insert_request(request_key, snap, len(cases), shadow_status)
+            self.insert_forecasts(
+                (request_id, snap.operational.id, case_id, value)
+                for case_id, value in zip(case_ids.tolist(), values.tolist(), strict=True)
+            )
+            return request_id, case_ids
+        keys = cases.keys.tolist()
+        connection = self.cursor.connection
+        with connection.pipeline():  # both statements in one round trip
+            checked = connection.cursor()
+            checked.execute(self._sql("fingerprint"), (snap.routine_id, snap.routine_id))
+            stored = connection.cursor()
+            stored.execute(
+                _PG_STORE_REQUEST,
+                {
+                    "keys": keys,
+                    "times": cases.valid_times.astype("datetime64[us]").tolist(),
+                    "attributes": cases.attributes.tolist(),
+                    "values": values.tolist(),
+                    "routine_id": snap.routine_id,
+                    "request_key": request_key,
+                    "candidate_id": snap.operational.id,
+                    "n_records": len(keys),
+                    "shadow_status": shadow_status,
+                    "created_at": utcnow(),
+                },
+            )
+        if frozenset((row[0], row[1]) for row in checked.fetchall()) != snap.fingerprint:
+            raise _Stale
+        rows = stored.fetchall()
+        found = {key: case_id for _request_id, key, case_id in rows}
+        if len(found) < len(set(keys)):
+            # Another request stored one of these new cases after this statement began:
+            # it is there now, and the caller tries again (this transaction rolls back).
+            raise _Stale
+        return rows[0][0], np.fromiter((found[key] for key in keys), np.int64, len(keys))
 
     def fingerprint(self, routine_id: int) -> frozenset[tuple[int, str]]:
         """The routine's operational and parallel candidates (id, stage) and its current
@@ -261,12 +348,36 @@ class _Driver:
 
     def insert_forecasts(self, rows: Iterable[tuple[int, int, int, float]]) -> None:
         """Forecast rows (prediction request id, candidate id, case id, checked value)."""
-        self.cursor.executemany(self._sql("insert_forecasts"), list(rows))
+        rows = list(rows)
+        if self.sqlite:
+            self.cursor.executemany(self._sql("insert_forecasts"), rows)
+        elif rows:  # one statement over arrays: far less work for the server than N inserts
+            columns = [list(column) for column in zip(*rows, strict=True)]
+            self.cursor.execute(_PG_INSERT_FORECASTS, columns)
 
     def set_status(self, request_ids: list[int], status: str) -> None:
+        if not self.sqlite:
+            self.cursor.execute(_PG_SET_STATUS, (status, request_ids))
+            return
         for start in range(0, len(request_ids), _IN_CHUNK):
             chunk = request_ids[start : start + _IN_CHUNK]
             self.cursor.execute(self._sql("set_status", len(chunk)), (status, *chunk))
+
+    def store_shadow(
+        self, rows: list[tuple[int, int, int, float]], statuses: dict[int, str]
+    ) -> None:
+        """Shadow forecasts and the new shadow status of their requests; on PostgreSQL
+        in one round trip, committed without waiting for the WAL flush (see
+        :meth:`relaxed_commit`)."""
+        with contextlib.ExitStack() as stack:
+            if not self.sqlite:
+                stack.enter_context(self.cursor.connection.pipeline())
+            self.relaxed_commit()
+            self.insert_forecasts(rows)
+            for status in ("done", "failed"):
+                ids = [request_id for request_id, s in statuses.items() if s == status]
+                if ids:
+                    self.set_status(ids, status)
 
 
 def _fingerprint(session: Session, routine_id: int) -> frozenset[tuple[int, str]]:
@@ -590,7 +701,8 @@ class PredictResult:
 
 
 class _Stale(Exception):
-    """The routine's candidates changed since this process took its snapshot."""
+    """The routine's candidates changed since this process took its snapshot (or, on
+    PostgreSQL, a concurrent request stored one of the same new cases): try again."""
 
 
 def predict(
@@ -669,25 +781,16 @@ def _store(
         if snap.parallel
         else None
     )
+    status = "none" if job is None else "queued"
     try:
         with rt.transaction() as session:
             driver = _Driver(session)
-            if driver.fingerprint(snap.routine_id) != snap.fingerprint:
-                raise _Stale
-            case_ids = driver.upsert_cases(snap.routine_id, cases)
-            if job is None:
-                status = "none"
-            else:
-                job.case_ids = case_ids
-                status = "queued" if worker.offer(job) else "dropped"
-            request_id = driver.insert_request(request_key, snap, len(records), status)
+            request_id, case_ids = driver.store_request(snap, request_key, cases, values, status)
             if job is not None:
-                job.request_id = request_id
-            operational = snap.operational.id
-            driver.insert_forecasts(
-                (request_id, operational, case_id, value)
-                for case_id, value in zip(case_ids.tolist(), values.tolist(), strict=True)
-            )
+                job.request_id, job.case_ids = request_id, case_ids
+                if not worker.offer(job):  # the queue is full: say so in the request
+                    status = "dropped"
+                    driver.set_status([request_id], status)
     except BaseException:
         if job is not None:
             job.cancel()
@@ -1034,17 +1137,14 @@ class ShadowWorker:
         self._yield_to_requests()
         try:
             with self.rt.transaction() as session:
-                driver = _Driver(session)
-                driver.relaxed_commit()
-                driver.insert_forecasts(
-                    (request_id, candidate_id, case_id, value)
-                    for request_id, candidate_id, case_ids, values in rows
-                    for case_id, value in zip(case_ids.tolist(), values.tolist(), strict=True)
+                _Driver(session).store_shadow(
+                    [
+                        (request_id, candidate_id, case_id, value)
+                        for request_id, candidate_id, case_ids, values in rows
+                        for case_id, value in zip(case_ids.tolist(), values.tolist(), strict=True)
+                    ],
+                    statuses,
                 )
-                for status in ("done", "failed"):
-                    ids = [rid for rid, s in statuses.items() if s == status]
-                    if ids:
-                        driver.set_status(ids, status)
         except Exception as error:
             log.exception("shadow worker: storing %d request(s) failed", len(jobs))
             for job in jobs:
