@@ -64,7 +64,7 @@ MAX_RECORDS = 10_000
 #: At most this many bad records are described one by one in a 400's details.
 MAX_REPORTED = 100
 #: Jobs one worker thread forecasts and stores together (one transaction).
-BATCH_SIZE = 64
+BATCH_SIZE = 256
 #: The longest a worker thread waits for a gap between requests before each step.
 MAX_YIELD_S = 0.05
 #: How long a worker thread lets a batch gather after taking its first job, at most.
