@@ -629,12 +629,12 @@ class WriterQueue:
 
     def _begin(self, connection) -> None:
         if connection.get_execution_options().get(READ_ONLY, False):
-            connection.exec_driver_sql("BEGIN")
+            _sqlite_begin(connection)
             return
         dbapi_connection = connection.connection.dbapi_connection
         self.acquire(dbapi_connection)
         try:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            _sqlite_begin(connection)
         except BaseException:
             self.release(dbapi_connection)
             raise

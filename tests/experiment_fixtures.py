@@ -73,8 +73,8 @@ EXPERIMENTS = {
 }
 
 
-def small_data() -> pd.DataFrame:
-    rng = np.random.default_rng(1)
+def small_data(seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
     days = pd.date_range("2020-01-01", "2021-12-31", freq="D")
     frames = []
     for lead in (1, 2):
@@ -85,12 +85,20 @@ def small_data() -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True).sort_values(["valid_date", "lead"])
 
 
-def write_small_routine(root: Path) -> Path:
-    """Write the tiny routine under ``root/tiny`` and return that folder."""
-    folder = Path(root) / "tiny"
+def write_small_routine(
+    root: Path,
+    *,
+    name: str = "tiny",
+    routine_yaml: str = ROUTINE_YAML,
+    experiments: dict[str, str] = EXPERIMENTS,
+    seed: int = 1,
+) -> Path:
+    """Write the tiny routine under ``root/<name>`` and return that folder (another
+    routine definition, experiment specs or data seed may be given)."""
+    folder = Path(root) / name
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "routine.yaml").write_text(ROUTINE_YAML)
-    small_data().to_csv(folder / "data.csv", index=False, date_format="%Y-%m-%d")
-    for name, text in EXPERIMENTS.items():
-        (folder / f"{name}.yaml").write_text(textwrap.dedent(text))
+    (folder / "routine.yaml").write_text(routine_yaml)
+    small_data(seed).to_csv(folder / "data.csv", index=False, date_format="%Y-%m-%d")
+    for experiment, text in experiments.items():
+        (folder / f"{experiment}.yaml").write_text(textwrap.dedent(text))
     return folder

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import textwrap
 import threading
 import time
 import uuid
@@ -32,6 +31,7 @@ from numex.services import experiments, forecasts, shadow, stages
 from numex.services.runtime import Actor, Runtime
 from tests.conftest import POSTGRES_URL, _pg_admin_engine, copy_database
 from tests.experiment_fixtures import ROUTINE_YAML as TINY_ROUTINE_YAML
+from tests.experiment_fixtures import write_small_routine
 
 ROUTINE = "online"
 # The tiny routine of the experiment tests, under its own name.
@@ -70,26 +70,10 @@ EXPERIMENTS = {
 SYSTEM = Actor.system("test")
 
 
-def _data() -> pd.DataFrame:
-    rng = np.random.default_rng(3)
-    days = pd.date_range("2020-01-01", "2021-12-31", freq="D")
-    frames = []
-    for lead in (1, 2):
-        x1 = rng.normal(10, 3, len(days))
-        x2 = rng.normal(0, 1, len(days))
-        y = 0.9 * x1 - 0.5 * x2 + rng.normal(0, 0.5 * lead, len(days))
-        frames.append(pd.DataFrame({"valid_date": days, "lead": lead, "x1": x1, "x2": x2, "y": y}))
-    return pd.concat(frames, ignore_index=True).sort_values(["valid_date", "lead"])
-
-
 def write_routine(root: Path) -> Path:
-    folder = root / ROUTINE
-    folder.mkdir(parents=True)
-    (folder / "routine.yaml").write_text(ROUTINE_YAML)
-    _data().to_csv(folder / "data.csv", index=False, date_format="%Y-%m-%d")
-    for name, spec in EXPERIMENTS.items():
-        (folder / f"{name}.yaml").write_text(textwrap.dedent(spec))
-    return folder
+    return write_small_routine(
+        root, name=ROUTINE, routine_yaml=ROUTINE_YAML, experiments=EXPERIMENTS, seed=3
+    )
 
 
 @dataclass(frozen=True)

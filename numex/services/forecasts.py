@@ -56,9 +56,10 @@ ROUTINE_DATA_SOURCE = "routine data"
 #: Above this many keys a lookup reads the routine's cases by valid-time range instead of
 #: sending the keys themselves.
 _KEY_LOOKUP_LIMIT = 500
-_IN_CHUNK = 500
+#: Keys per ``IN (...)`` list.
+IN_CHUNK = 500
 #: How SQLAlchemy writes a DateTime on SQLite; rows written in bulk must match it exactly.
-_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
+SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"
 
 
 # --- cases ------------------------------------------------------------------------------
@@ -203,7 +204,7 @@ def _insert_cases(session: Session, routine_id: int, rows: CaseRows) -> None:
             zip(
                 [routine_id] * len(rows),
                 rows.keys.tolist(),
-                times.strftime(_SQLITE_TIME).tolist() if sqlite else times.to_pydatetime().tolist(),
+                times.strftime(SQLITE_TIME).tolist() if sqlite else times.to_pydatetime().tolist(),
                 rows.attributes.tolist(),
                 strict=True,
             )
@@ -224,7 +225,7 @@ def _lookup_case_ids(
         connection = session.connection()
         if connection.dialect.name == "sqlite":
             sql = "SELECT key, id FROM cases WHERE routine_id = ? AND valid_time BETWEEN ? AND ?"
-            bounds = (low.strftime(_SQLITE_TIME), high.strftime(_SQLITE_TIME))
+            bounds = (low.strftime(SQLITE_TIME), high.strftime(SQLITE_TIME))
         else:
             sql = "SELECT key, id FROM cases WHERE routine_id = %s AND valid_time BETWEEN %s AND %s"
             bounds = (low.to_pydatetime(), high.to_pydatetime())
@@ -234,8 +235,8 @@ def _lookup_case_ids(
         result.close()
     wanted = [key for key in dict.fromkeys(keys.tolist()) if key not in found]
     connection = session.connection()  # Core rows: no ORM processing for two columns
-    for start in range(0, len(wanted), _IN_CHUNK):
-        chunk = wanted[start : start + _IN_CHUNK]
+    for start in range(0, len(wanted), IN_CHUNK):
+        chunk = wanted[start : start + IN_CHUNK]
         found.update(
             connection.execute(
                 select(Case.key, Case.id).where(Case.routine_id == routine_id, Case.key.in_(chunk))
@@ -475,8 +476,8 @@ def _existing_observations(session: Session, case_ids: np.ndarray) -> dict[int, 
         wanted = set(unique)
         found.update((i, v) for i, v in rows if i in wanted)
         return found
-    for start in range(0, len(unique), _IN_CHUNK):
-        chunk = unique[start : start + _IN_CHUNK]
+    for start in range(0, len(unique), IN_CHUNK):
+        chunk = unique[start : start + IN_CHUNK]
         found.update(
             session.execute(
                 select(Observation.case_id, Observation.value).where(Observation.case_id.in_(chunk))
@@ -508,7 +509,7 @@ def _insert_observations(
                 case_ids.tolist(),
                 values.tolist(),
                 [source] * n,
-                [now.strftime(_SQLITE_TIME) if sqlite else now] * n,
+                [now.strftime(SQLITE_TIME) if sqlite else now] * n,
                 strict=True,
             )
         ),

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -219,9 +220,14 @@ _PG_INSERT_FORECASTS = (
     " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::float8[])"
 )
 _PG_SET_STATUS = "UPDATE prediction_requests SET shadow_status = %s WHERE id = ANY(%s)"
-#: Keys per ``IN (...)`` list.
-_IN_CHUNK = 500
-_SQLITE_TIME = "%Y-%m-%d %H:%M:%S.%f"  # how SQLAlchemy's DateTime reads and writes SQLite
+
+
+@functools.lru_cache(maxsize=256)
+def _statement(name: str, marks: int, sqlite: bool) -> str:
+    """``_SQL[name]`` with ``marks`` placeholders in its ``IN (...)``, in the driver's
+    parameter style; built once per shape."""
+    sql = _SQL[name].format(marks=", ".join("?" * marks))
+    return sql if sqlite else sql.replace("?", "%s")
 
 
 class _Driver:
@@ -233,11 +239,10 @@ class _Driver:
         self.cursor = connection.connection.driver_connection.cursor()
 
     def _sql(self, name: str, marks: int = 0) -> str:
-        sql = _SQL[name].format(marks=", ".join("?" * marks))
-        return sql if self.sqlite else sql.replace("?", "%s")
+        return _statement(name, marks, self.sqlite)
 
     def _time(self, value: datetime) -> Any:
-        return value.strftime(_SQLITE_TIME) if self.sqlite else value
+        return value.strftime(forecasts.SQLITE_TIME) if self.sqlite else value
 
     def relaxed_commit(self) -> None:
         """On PostgreSQL, let this transaction's commit return before its WAL record is
@@ -322,8 +327,8 @@ class _Driver:
             ],
         )
         found: dict[str, int] = {}
-        for start in range(0, len(keys), _IN_CHUNK):
-            chunk = keys[start : start + _IN_CHUNK]
+        for start in range(0, len(keys), forecasts.IN_CHUNK):
+            chunk = keys[start : start + forecasts.IN_CHUNK]
             self.cursor.execute(self._sql("case_ids", len(chunk)), (routine_id, *chunk))
             found.update(self.cursor.fetchall())
         if len(found) < len(set(keys)):  # only a concurrent delete could do this: say so
@@ -359,8 +364,8 @@ class _Driver:
         if not self.sqlite:
             self.cursor.execute(_PG_SET_STATUS, (status, request_ids))
             return
-        for start in range(0, len(request_ids), _IN_CHUNK):
-            chunk = request_ids[start : start + _IN_CHUNK]
+        for start in range(0, len(request_ids), forecasts.IN_CHUNK):
+            chunk = request_ids[start : start + forecasts.IN_CHUNK]
             self.cursor.execute(self._sql("set_status", len(chunk)), (status, *chunk))
 
     def store_shadow(
@@ -380,10 +385,6 @@ class _Driver:
                     self.set_status(ids, status)
 
 
-def _fingerprint(session: Session, routine_id: int) -> frozenset[tuple[int, str]]:
-    return _Driver(session).fingerprint(routine_id)
-
-
 def _load_snapshot(rt: Runtime, routine_name: str) -> Snapshot:
     from numex.services.experiments import routine_spec
 
@@ -398,7 +399,7 @@ def _load_snapshot(rt: Runtime, routine_name: str) -> Snapshot:
             )
             .order_by(Candidate.id)
         ).all()
-        fingerprint = _fingerprint(session, routine.id)
+        fingerprint = _Driver(session).fingerprint(routine.id)
         routine_id = routine.id
     operational = next((_served(c) for c in rows if c.stage == "operational"), None)
     if operational is None:

@@ -276,18 +276,24 @@ def _download_name(comparison: scorecards.Comparison, extension: str) -> str:
     return f"scorecard-{comparison.routine}-{c['name']}-vs-{r['name']}.{extension}"
 
 
+def _download(comparison: scorecards.Comparison, body: str, mimetype: str, extension: str):
+    return Response(
+        body,
+        mimetype=mimetype,
+        headers={
+            "Content-Disposition": (
+                f'attachment; filename="{_download_name(comparison, extension)}"'
+            ),
+            "X-Scorecard-Digest": comparison.digest,
+        },
+    )
+
+
 @bp.get("/<name>/scorecard.csv")
 def download_csv(name: str):
     """The scorecard as CSV, one row per cell (same query as the page)."""
     comparison = _comparison(name)
-    return Response(
-        comparison.scorecard.to_csv(),
-        mimetype="text/csv",
-        headers={
-            "Content-Disposition": f'attachment; filename="{_download_name(comparison, "csv")}"',
-            "X-Scorecard-Digest": comparison.digest,
-        },
-    )
+    return _download(comparison, comparison.scorecard.to_csv(), "text/csv", "csv")
 
 
 @bp.get("/<name>/scorecard.json")
@@ -296,14 +302,8 @@ def download_json(name: str):
     import json
 
     comparison = _comparison(name)
-    return Response(
-        json.dumps(comparison.to_dict(), ensure_ascii=False, indent=1),
-        mimetype="application/json",
-        headers={
-            "Content-Disposition": f'attachment; filename="{_download_name(comparison, "json")}"',
-            "X-Scorecard-Digest": comparison.digest,
-        },
-    )
+    body = json.dumps(comparison.to_dict(), ensure_ascii=False, indent=1)
+    return _download(comparison, body, "application/json", "json")
 
 
 @bp.get("/<name>/compare")
