@@ -1,8 +1,11 @@
 """Benchmark online serving: numex's /predict under gunicorn against ``mlflow models serve``.
 
     .venv/bin/python bench/bench_predict.py                  # SQLite in a temp dir
-    NUMEX_BENCH_POSTGRES_URL=postgresql+psycopg://u@127.0.0.1:5432/db \\
+    NUMEX_BENCH_POSTGRES_URL=postgresql+psycopg://u@127.0.0.1:5432/postgres \\
         .venv/bin/python bench/bench_predict.py               # ... and PostgreSQL too
+    ... bench/bench_predict.py --databases postgresql          # PostgreSQL only
+
+On PostgreSQL it creates a database of its own on that server and drops it at the end.
 
 Sets up, in a temporary folder, numex's database and a local MLflow store holding the
 demo routine twice: ``seattle-tmax`` with its persistence model operational and no
@@ -378,6 +381,24 @@ print(json.dumps({"requests": statuses, "forecasts": stages}))
 """
 
 
+@contextlib.contextmanager
+def fresh_postgres(server_url: str) -> Iterator[str]:
+    """A new, empty database on the server of ``server_url`` (any database there that the
+    user may connect to), dropped at the end: every run starts from nothing."""
+    from sqlalchemy import create_engine, text
+
+    name = f"numex_bench_predict_{os.getpid()}_{int(time.time())}"
+    admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield server_url.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
 def python(code: str, env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-c", code, *args],
@@ -635,27 +656,42 @@ def main() -> None:
         "--max-seconds", type=float, default=40.0, help="cap per configuration and concurrency"
     )
     parser.add_argument("--rounds", type=int, default=5, help="alternating slices of each")
+    parser.add_argument(
+        "--databases",
+        default="sqlite,postgresql",
+        help="which to run, comma-separated: sqlite, postgresql (postgresql needs "
+        "NUMEX_BENCH_POSTGRES_URL)",
+    )
     parser.add_argument("--no-write", action="store_true", help="do not edit docs/benchmarks.md")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args()
     # Ctrl-C or a kill still stops the servers (the context managers' finally blocks).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
+    databases = {name.strip().lower() for name in args.databases.split(",") if name.strip()}
+    if not databases or databases - {"sqlite", "postgresql"}:
+        parser.error(f"--databases {args.databases!r}: expected sqlite, postgresql or both")
+    postgres = os.environ.get("NUMEX_BENCH_POSTGRES_URL")
+    if "postgresql" in databases and not postgres:
+        if args.databases != parser.get_default("databases"):
+            parser.error("--databases postgresql needs NUMEX_BENCH_POSTGRES_URL")
+        databases.discard("postgresql")
     load_start = os.getloadavg()[0]
     records = demo_records(2000)
     root = Path(tempfile.mkdtemp(prefix="numex-bench-predict-"))
     try:
         runs = {}
-        home = root / "sqlite"
-        home.mkdir()
-        runs["SQLite"] = bench_database(
-            "SQLite", f"sqlite:///{home / 'numex.db'}", home, args, records
-        )
-        postgres = os.environ.get("NUMEX_BENCH_POSTGRES_URL")
-        if postgres:
+        if "sqlite" in databases:
+            home = root / "sqlite"
+            home.mkdir()
+            runs["SQLite"] = bench_database(
+                "SQLite", f"sqlite:///{home / 'numex.db'}", home, args, records
+            )
+        if "postgresql" in databases:
             home = root / "postgres"
             home.mkdir()
-            runs["PostgreSQL"] = bench_database("PostgreSQL", postgres, home, args, records)
+            with fresh_postgres(postgres) as url:
+                runs["PostgreSQL"] = bench_database("PostgreSQL", url, home, args, records)
         report = summarise(runs, args)
         print()
         print(report)

@@ -758,3 +758,37 @@ def test_requests_for_the_same_new_cases_at_once_all_succeed_and_share_the_cases
         assert sorted(keys) == sorted(f["case"] for f in results[0].forecasts)
         requests = session.query(PredictionRequest).count()
         assert session.query(Forecast).count() == requests * 3 * 3  # 3 cases × 3 candidates
+
+
+def test_pooled_connections_go_back_transactional_after_requests_stored_in_autocommit(
+    rt, served, monkeypatch
+):
+    """On PostgreSQL a request is stored by one statement in autocommit mode; the
+    connection goes back to the pool transactional, also when the statement fails, so
+    the next transaction on it still rolls back as a whole."""
+    from sqlalchemy import text
+
+    if rt.dialect != "postgresql":
+        pytest.skip("the autocommit store is PostgreSQL's (this runs in its CI pass)")
+    worker = shadow.ShadowWorker(rt, queue_size=10, threads=1)
+    try:
+        shadow.predict(rt, ROUTINE, records(2, "2025-03-01"), SYSTEM, worker=worker)
+        broken = shadow._PG_STORE_REQUEST.replace("INSERT INTO forecasts", "INSERT INTO nowhere")
+        monkeypatch.setattr(shadow, "_PG_STORE_REQUEST", broken)
+        with pytest.raises(Exception, match="nowhere"):
+            shadow.predict(rt, ROUTINE, records(1, "2025-04-01"), SYSTEM, worker=worker)
+        assert worker.drain(20)
+    finally:
+        worker.stop()
+    pooled = [rt.engine.raw_connection() for _ in range(rt.engine.pool.checkedin())]
+    try:
+        assert pooled and not any(c.driver_connection.autocommit for c in pooled)
+    finally:
+        for connection in pooled:
+            connection.close()
+    with pytest.raises(RuntimeError), rt.transaction() as session:
+        session.execute(text("UPDATE prediction_requests SET n_records = 99"))
+        raise RuntimeError("roll back")
+    with rt.read() as session:
+        stored = session.query(PredictionRequest).all()
+        assert [r.n_records for r in stored] == [2]  # the failed request left nothing
