@@ -594,10 +594,14 @@ def test_a_stage_change_is_seen_by_the_next_request(api, rt, served):
 def test_the_service_can_be_called_without_the_web_app(rt, served):
     worker = shadow.ShadowWorker(rt, queue_size=10, threads=2)
     try:
+        assert worker.snapshot_stats()["last_stored_at"] is None
+        before = time.time()
         result = shadow.predict(rt, ROUTINE, records(2), SYSTEM, worker=worker)
         assert result.candidate["name"] == "persistence"
         assert worker.drain(20)
-        assert worker.snapshot_stats()["done"] == 1
+        stats = worker.snapshot_stats()
+        assert stats["done"] == 1
+        assert before <= stats["last_stored_at"] <= time.time()
     finally:
         worker.stop()
     assert not worker.running

@@ -944,6 +944,10 @@ class ShadowStats:
         self.latency = Counter(
             "seconds", "Seconds from offering shadow work to storing it, summed", **options
         )
+        self.last_stored = Gauge(
+            "last_stored_timestamp_seconds", "Unix time of the latest stored batch of shadow "
+            "forecasts", multiprocess_mode="max", **options,
+        )  # fmt: skip
         self._lock = threading.Lock()
         self.last_errors: dict[str, dict[str, Any]] = {}
 
@@ -1219,6 +1223,7 @@ class ShadowWorker:
                     )
             return
         now = time.monotonic()
+        self.stats.last_stored.set(time.time())
         names = {candidate.id: candidate.name for candidate, _ in by_candidate.values()}
         routine_of = {job.request_id: job.routine for job in jobs}
         for request_id, candidate_id, _case_ids, values in rows:
@@ -1293,6 +1298,7 @@ class ShadowWorker:
             "queue_depth": int(total("queue_depth")),
             "queue_capacity": self.capacity,
             "mean_delay_s": (total("seconds_total") / done) if done else None,
+            "last_stored_at": total("last_stored_timestamp_seconds") or None,
             "failures": [
                 {
                     "routine": key.split("/", 1)[0],
