@@ -796,3 +796,30 @@ def test_pooled_connections_go_back_transactional_after_requests_stored_in_autoc
     with rt.read() as session:
         stored = session.query(PredictionRequest).all()
         assert [r.n_records for r in stored] == [2]  # the failed request left nothing
+
+
+def test_a_dropped_request_is_answered_even_when_its_status_cannot_be_written(
+    rt, served, inject, monkeypatch
+):
+    """On PostgreSQL a full queue is written into the stored request by a second
+    statement; if that fails, the operational answer still goes out (the request keeps
+    its first status)."""
+    if rt.dialect != "postgresql":
+        pytest.skip("the second statement is PostgreSQL's (this runs in its CI pass)")
+    slow = inject(served.uris["ridge"], FakeModel("slow"))
+    worker = shadow.ShadowWorker(rt, queue_size=1, threads=1)
+    monkeypatch.setattr(shadow, "_PG_SET_STATUS", "UPDATE nowhere SET x = %s WHERE id = ANY(%s)")
+    try:
+        shadow.predict(rt, ROUTINE, records(1, "2025-06-01"), SYSTEM, worker=worker)
+        assert slow.entered.wait(10), "the worker never took the first job"
+        queued = shadow.predict(rt, ROUTINE, records(1, "2025-06-02"), SYSTEM, worker=worker)
+        dropped = shadow.predict(rt, ROUTINE, records(1, "2025-06-03"), SYSTEM, worker=worker)
+    finally:
+        slow.release.set()
+        worker.stop(5)
+    assert queued.shadow["status"] == "queued"
+    assert dropped.shadow["status"] == "dropped"
+    assert dropped.forecasts[0]["value"] == records(1, "2025-06-03")[0]["x1"]
+    with rt.read() as session:
+        stored = session.query(PredictionRequest).filter_by(request_key=dropped.request_id).one()
+        assert stored.shadow_status == "queued"  # the update failed; nothing else did

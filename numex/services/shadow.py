@@ -393,7 +393,8 @@ def _autocommit(rt: Runtime) -> Iterator[Any]:
         try:
             yield connection
         finally:
-            connection.autocommit = False
+            if not connection.closed:  # a broken one is discarded by the pool on return
+                connection.autocommit = False
     finally:
         pooled.close()
 
@@ -848,8 +849,11 @@ def _store(
             job.release()  # stored and committed already
             if not worker.offer(job):  # the queue is full: say so in the request
                 status = "dropped"
-                with _autocommit(rt) as connection:
-                    connection.execute(_PG_SET_STATUS, (status, [request_id]))
+                try:
+                    with _autocommit(rt) as connection:
+                        connection.execute(_PG_SET_STATUS, (status, [request_id]))
+                except Exception:  # the answer is stored and goes out regardless
+                    log.exception("could not mark prediction request %s dropped", request_key)
         return request_key, status
     try:
         with rt.transaction() as session:
