@@ -128,6 +128,15 @@ class Snapshot:
     kinds: dict[str, str]
     fingerprint: frozenset[tuple[int, str]]
 
+    @functools.cached_property
+    def fingerprint_text(self) -> str:
+        """The fingerprint as ``_PG_STORE_REQUEST`` spells it: ``id:stage`` by stage, then
+        id (built once per snapshot: every request on PostgreSQL sends it)."""
+        ordered = sorted(
+            self.fingerprint, key=lambda item: (item[1], item[0] is None, item[0] or 0)
+        )
+        return ",".join(f"{'' if id_ is None else id_}:{stage}" for id_, stage in ordered)
+
     @property
     def columns(self) -> list[str]:
         """The columns a record must carry: case keys first, then the routine's features."""
@@ -193,15 +202,13 @@ _SQL = {
 }
 #: PostgreSQL stores a whole request in one statement, run on its own (autocommit: one
 #: round trip, no BEGIN or COMMIT): it checks the routine's candidates against the
-#: snapshot's fingerprint, inserts the new cases, reads every case id, and inserts the
-#: request and its forecasts only when the fingerprint matched and every case id was
-#: found. One statement is one transaction, so a request is stored whole or not at all.
+#: snapshot's fingerprint (read by the same query as ``_SQL["fingerprint"]``), inserts
+#: the new cases, reads every case id, and inserts the request and its forecasts only
+#: when the fingerprint matched and every case id was found. One statement is one
+#: transaction, so a request is stored whole or not at all.
 _PG_STORE_REQUEST = """
 WITH current AS (
-    SELECT id, stage FROM candidates
-    WHERE routine_id = %(routine_id)s AND stage IN ('operational', 'parallel')
-    UNION ALL
-    SELECT max(id), 'version' FROM routine_versions WHERE routine_id = %(routine_id)s
+    {fingerprint}
 ), fresh AS (
     SELECT coalesce(string_agg(concat(id, ':', stage), ',' ORDER BY stage COLLATE "C", id),
                     '') = %(fingerprint)s AS ok
@@ -235,7 +242,7 @@ WITH current AS (
     FROM request CROSS JOIN given JOIN case_ids ON case_ids.key = given.key
 )
 SELECT request.id, case_ids.key, case_ids.id FROM request CROSS JOIN case_ids
-"""
+""".replace("{fingerprint}", _SQL["fingerprint"].replace("?", "%(routine_id)s"))
 _PG_INSERT_FORECASTS = (
     "INSERT INTO forecasts (prediction_request_id, candidate_id, case_id, value)"
     " SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::float8[])"
@@ -376,12 +383,6 @@ class _Driver:
                     self.set_status(ids, status)
 
 
-def _fingerprint_text(fingerprint: frozenset[tuple[int | None, str]]) -> str:
-    """The fingerprint as ``_PG_STORE_REQUEST`` spells it: ``id:stage`` by stage, then id."""
-    ordered = sorted(fingerprint, key=lambda item: (item[1], item[0] is None, item[0] or 0))
-    return ",".join(f"{'' if id_ is None else id_}:{stage}" for id_, stage in ordered)
-
-
 @contextlib.contextmanager
 def _autocommit(rt: Runtime) -> Iterator[Any]:
     """A pooled PostgreSQL connection in autocommit mode (each statement its own
@@ -413,7 +414,7 @@ def _pg_store_request(
     after this statement began (it is there for the next try)."""
     keys = cases.keys.tolist()
     params = {
-        "fingerprint": _fingerprint_text(snap.fingerprint),
+        "fingerprint": snap.fingerprint_text,
         "keys": keys,
         "times": cases.valid_times.astype("datetime64[us]").tolist(),
         "attributes": cases.attributes.tolist(),
